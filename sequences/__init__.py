@@ -1,0 +1,1 @@
+"""Sequence data for tncn: text corpora, images, videos and continual-learning streams."""

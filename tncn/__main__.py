@@ -1,0 +1,6 @@
+"""``python -m tncn`` runs the command line."""
+import sys
+
+from tncn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Temporal models: P-TNCN (local learning, no BPTT)."""

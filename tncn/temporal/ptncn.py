@@ -1,0 +1,457 @@
+"""The Parallel Temporal Neural Coding Network (P-TNCN) with any number of latent layers.
+
+Ororbia, Mali, Giles, Kifer, "Continual Learning of Recurrent Neural Networks by Locally Aligning
+Distributed Representations", IEEE TNNLS 31(10), 2020 (arXiv 1810.07411); reference behaviour is
+the authors' official TensorFlow code (AnkurMali/ContinualPTNCN, ``ptncn_2lyr.py``), reproduced
+step for step (tests/test_oracle.py). Equations as in DESIGN.md §4, row-vector layout, batch B.
+
+Notation (the paper's): layer 0 is the observation x_t (token ids, or a dense frame); layers
+l = 1..L are latent, of widths H_l. Per layer l:
+
+- M^l [H_{l-1}, H_l]  bottom-up weights (M^1 reads the previous observation x_{t-1});
+- V^l [H_l, H_l]      recurrent (memory) weights;
+- U^l [H_{l+1}, H_l]  top-down weights (no U on the top layer; ``top_down=False`` drops them all);
+- W^l [H_l, H_{l-1}]  prediction weights: layer l predicts layer l-1;
+- E^l [H_{l-1}, H_l]  error weights: carry layer l-1's error up to layer l.
+
+One time step:
+
+1. hypothesize, from t-1 quantities only:  a^l = y^{l-1}_{t-1} M^l + y^l_{t-1} V^l + y^{l+1}_{t-1} U^l,
+   z^l = f(a^l); predictions x̂_t = g_0(z^1 W^1) and p^{l} = φ(z^{l+1} W^{l+1}) (φ = identity in
+   the reference). x̂_t is the prediction of x_t made before seeing it: metrics score it.
+2. error units (m_t the mask):  e^0 = (x̂_t - x_t) m_t,  e^l = (p^l - z^l) m_t.
+3. correct:  d^l = e^{l-1} E^l - α e^l (no own error on the top layer) [+ λ sign(a^l)],
+   y^l = f(a^l - β d^l); with K > 1 the errors are recomputed from the corrected states and the
+   pre-activations keep moving (a^l ← a^l - β d^l) K times.
+4. local updates with ε^l = (z^l - y^l) m_t (``local_updates``):
+   ΔW^1 = z^{1ᵀ} e^0, ΔW^l = z^{lᵀ} ε^{l-1} (or e^{l-1}), ΔM^l = y^{l-1ᵀ}_{t-1} ε^l,
+   ΔV^l = y^{lᵀ}_{t-1} ε^l, ΔU^l = y^{l+1ᵀ}_{t-1} ε^l, and ΔE^l = γ (ΔW^l)ᵀ or the temporal rule
+   ΔE^l = -γ e^{l-1ᵀ}(ε^l_t - ε^l_{t-1}); each clipped to Frobenius norm ``clip`` and divided by B,
+   then written into ``param.grad`` for any ``torch.optim`` optimizer (the reference one is
+   ``SGD(lr=0.075, momentum=0.95, nesterov=True)``).
+5. carry y^l_t and x_t to t+1.
+
+Nothing here builds an autograd graph; memory does not grow with sequence length.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from tncn.layers import get_activation, init_weight, lookup
+
+Tensor = torch.Tensor
+
+OUTPUTS = ("softmax", "sigmoid", "identity")
+E_RULES = ("transpose", "temporal")
+W_ERRORS = ("epsilon", "e")
+
+
+def _check_choice(value, choices, what):
+    lookup({c: c for c in choices}, value, what)
+
+
+def _gram(a: Tensor) -> Tensor:
+    """a aᵀ: with it, ‖aᵀb‖_F² = Σ (a aᵀ) ⊙ (b bᵀ) costs B×B work instead of a pass over aᵀb."""
+    return a @ a.T
+
+
+class PTNCN(nn.Module):
+    """P-TNCN with L ≥ 1 latent layers; defaults are the reference (official code) behaviour.
+
+    Args:
+        input_size: vocabulary size V for ``tokens=True``, else the size of a dense observation.
+        hidden: widths [H_1, ..., H_L] of the latent layers (the reference: [1000, 1000]).
+        tokens: observations are token ids (rows of M^1 are gathered; no one-hot is formed).
+        output: g_0, the output function: "softmax" (default for tokens), "sigmoid" (default for
+            dense observations, e.g. binary frames) or "identity".
+        activation: f, the state activation (any name in ``tncn.layers.ACTIVATIONS``; "tanh").
+        beta: β, the state-correction rate (0.1).
+        alpha: α, the weight of a layer's own error in its correction (0.001).
+        gamma: γ, the error-weight learning factor (1.0).
+        K: number of error-correction iterations (1, as the reference).
+        e_rule: "transpose" (ΔE = γ ΔWᵀ, the reference default) or "temporal"
+            (ΔE^l = -γ e^{l-1ᵀ}(ε^l_t - ε^l_{t-1})).
+        hidden_prediction: φ, the activation on predictions of hidden layers ("identity", as the
+            reference; the paper also describes using f).
+        w_error: error driving the hidden prediction weights W^l, l > 1: "epsilon" (ε^{l-1} =
+            z - y, the reference) or "e" (e^{l-1} = p - z, as the paper's equations read).
+        top_down: use the top-down weights U (the reference does).
+        sparsity: λ of the lateral sparsity penalty λ·sign(a^l) added to d^l (0: off, the reference).
+        clip: each summed update is clipped to this Frobenius norm before division by the batch
+            size (1.0); ``None`` disables clipping.
+        max_norm: bound on the L2 norm of every weight row, enforced by ``project_()`` after each
+            optimizer step (``None``: off, the reference).
+        init, init_std, e_init_std: initialiser and standard deviations of the weights and of E
+            (normal, 0.05, 0.05 as the reference PTB run).
+        generator: a ``torch.Generator`` for the initial weights (and stochastic activations).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden: Sequence[int],
+        *,
+        tokens: bool = True,
+        output: Optional[str] = None,
+        activation: str = "tanh",
+        beta: float = 0.1,
+        alpha: float = 0.001,
+        gamma: float = 1.0,
+        K: int = 1,
+        e_rule: str = "transpose",
+        hidden_prediction: str = "identity",
+        w_error: str = "epsilon",
+        top_down: bool = True,
+        sparsity: float = 0.0,
+        clip: Optional[float] = 1.0,
+        max_norm: Optional[float] = None,
+        init: str = "normal",
+        init_std: float = 0.05,
+        e_init_std: float = 0.05,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        if int(input_size) <= 0:
+            raise ValueError(f"input_size must be positive, got {input_size}")
+        if not hidden or min(hidden) <= 0:
+            raise ValueError(f"hidden must list at least one positive width, got {hidden}")
+        if int(K) < 1:
+            raise ValueError(f"K (correction iterations) must be at least 1, got {K}")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be positive or None, got {clip}")
+        if max_norm is not None and max_norm <= 0:
+            raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+        output = output or ("softmax" if tokens else "sigmoid")
+        _check_choice(output, OUTPUTS, "output function")
+        _check_choice(e_rule, E_RULES, "E rule")
+        _check_choice(w_error, W_ERRORS, "w_error")
+        if tokens and output != "softmax":
+            raise ValueError("token observations need the softmax output")
+
+        self.input_size = int(input_size)
+        self.hidden = hidden
+        self.L = len(hidden)
+        self.tokens = bool(tokens)
+        self.output = output
+        self.f = get_activation(activation)
+        self.phi = get_activation(hidden_prediction)
+        self.beta, self.alpha, self.gamma = float(beta), float(alpha), float(gamma)
+        self.K = int(K)
+        self.e_rule, self.w_error = e_rule, w_error
+        self.top_down = bool(top_down)
+        self.sparsity = float(sparsity)
+        self.clip = None if clip is None else float(clip)
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.generator = generator
+
+        sizes = [self.input_size] + hidden
+        for l in range(1, self.L + 1):
+            def new(shape, std):
+                return nn.Parameter(init_weight(shape, init, std, generator))
+            setattr(self, f"M{l}", new((sizes[l - 1], sizes[l]), init_std))
+            setattr(self, f"V{l}", new((sizes[l], sizes[l]), init_std))
+            if self.top_down and l < self.L:
+                setattr(self, f"U{l}", new((sizes[l + 1], sizes[l]), init_std))
+            setattr(self, f"W{l}", new((sizes[l], sizes[l - 1]), init_std))
+            setattr(self, f"E{l}", new((sizes[l - 1], sizes[l]), e_init_std))
+        self._state: Optional[dict] = None
+        self._hyp: Optional[dict] = None
+        self._last: Optional[dict] = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def options(self) -> dict:
+        """The constructor arguments (except the generator) that rebuild this model."""
+        return dict(
+            input_size=self.input_size, hidden=list(self.hidden), tokens=self.tokens,
+            output=self.output, activation=self.f.name, beta=self.beta, alpha=self.alpha,
+            gamma=self.gamma, K=self.K, e_rule=self.e_rule, hidden_prediction=self.phi.name,
+            w_error=self.w_error, top_down=self.top_down, sparsity=self.sparsity,
+            clip=self.clip, max_norm=self.max_norm,
+        )
+
+    def _w(self, kind: str, l: int) -> Optional[Tensor]:
+        return getattr(self, f"{kind}{l}", None)
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return None if self._state is None else self._state["y"][1].shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        """Start new sequences: zero states, zero previous input (state reset between sentences)."""
+        if int(batch_size) <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        p = self.W1
+        z = [None] + [torch.zeros(batch_size, h, device=p.device, dtype=p.dtype) for h in self.hidden]
+        if self.tokens:
+            x_prev = torch.zeros(batch_size, dtype=torch.long, device=p.device)
+        else:
+            x_prev = torch.zeros(batch_size, self.input_size, device=p.device, dtype=p.dtype)
+        self._state = dict(
+            y=z, x=x_prev, m=torch.zeros(batch_size, device=p.device, dtype=p.dtype),
+            eps=[None] + [t.clone() for t in z[1:]], t=0,
+        )
+        self._hyp = None
+        self._last = None
+
+    def carry_state(self) -> dict:
+        """The state carried to the next step (to save with a checkpoint in stream training)."""
+        if self._state is None:
+            return {}
+        s = self._state
+        return {"y": [t.clone() for t in s["y"][1:]], "x": s["x"].clone(), "m": s["m"].clone(),
+                "eps": [t.clone() for t in s["eps"][1:]], "t": s["t"]}
+
+    def load_carry_state(self, state: dict) -> None:
+        """Restore what ``carry_state`` returned (an empty dict clears the state)."""
+        if not state:
+            self._state, self._hyp, self._last = None, None, None
+            return
+        p = self.W1
+        to = dict(device=p.device)
+        self._state = dict(
+            y=[None] + [t.to(dtype=p.dtype, **to) for t in state["y"]],
+            x=state["x"].to(**to), m=state["m"].to(dtype=p.dtype, **to),
+            eps=[None] + [t.to(dtype=p.dtype, **to) for t in state["eps"]], t=int(state["t"]),
+        )
+        self._hyp, self._last = None, None
+
+    # ------------------------------------------------------------------ one time step
+
+    def _input_drive(self, x: Tensor, m: Tensor) -> Tensor:
+        """x M^1 for the observation x (row gather for token ids; masked rows give zero)."""
+        if self.tokens:
+            return self.M1.index_select(0, x) * m.unsqueeze(1)
+        return x @ self.M1
+
+    def _predict(self, s: list) -> tuple[Tensor, list]:
+        """Logits of x̂ from s^1 and hidden predictions p^l = φ(s^{l+1} W^{l+1}) for l < L."""
+        logits = s[1] @ self.W1
+        p = [None] * (self.L + 1)
+        for l in range(1, self.L):
+            p[l] = self.phi(s[l + 1] @ self._w("W", l + 1), self.generator)
+        return logits, p
+
+    def _g0(self, logits: Tensor) -> Tensor:
+        if self.output == "softmax":
+            return torch.softmax(logits, dim=-1)
+        if self.output == "sigmoid":
+            return torch.sigmoid(logits)
+        return logits
+
+    @torch.no_grad()
+    def hypothesize(self) -> Tensor:
+        """Predict the next observation from the carried states (idempotent until ``correct``).
+
+        Returns x̂_t: probabilities [B, V] for tokens, g_0 of the logits for dense observations.
+        The logits are kept as ``last_logits`` (for exact log-likelihoods).
+        """
+        if self._state is None:
+            raise RuntimeError("call reset(batch_size) before the first step")
+        if self._hyp is None:
+            st = self._state
+            y = st["y"]
+            a = [None] * (self.L + 1)
+            for l in range(1, self.L + 1):
+                a_l = self._input_drive(st["x"], st["m"]) if l == 1 else y[l - 1] @ self._w("M", l)
+                a_l = a_l + y[l] @ self._w("V", l)
+                U = self._w("U", l)
+                if U is not None:
+                    a_l = a_l + y[l + 1] @ U
+                a[l] = a_l
+            z = [None] + [self.f(a[l], self.generator) for l in range(1, self.L + 1)]
+            logits, p = self._predict(z)
+            self._hyp = dict(a=a, z=z, logits=logits, p=p, x_hat=self._g0(logits))
+        return self._hyp["x_hat"]
+
+    @property
+    def last_logits(self) -> Tensor:
+        """Logits of the latest prediction x̂ (before g_0)."""
+        if self._hyp is None and self._last is None:
+            raise RuntimeError("no prediction has been made yet")
+        return (self._hyp or self._last)["logits"]
+
+    def _errors(self, x_hat: Tensor, p: list, s: list, x: Tensor, m: Tensor) -> list:
+        """Masked error units e^0 = (x̂ - x) m and e^l = (p^l - s^l) m for l < L."""
+        mc = m.unsqueeze(1)
+        if self.tokens:
+            e0 = x_hat * mc
+            e0.scatter_add_(1, x.unsqueeze(1), -mc)
+        else:
+            e0 = (x_hat - x) * mc
+        e = [e0] + [None] * self.L
+        for l in range(1, self.L):
+            e[l] = (p[l] - s[l]) * mc
+        return e
+
+    @torch.no_grad()
+    def correct(self, x: Tensor, mask: Optional[Tensor] = None, *, update_states: bool = True) -> None:
+        """Error-correct the states with the observation x (token ids [B] or a dense [B, D]).
+
+        ``mask`` [B] is 1 for a real observation and 0 for padding (default: all ones); masked rows
+        produce no error and no update, and their observation counts as zero input.
+        ``update_states=False`` carries the uncorrected hypothesis z instead of the targets y
+        (scoring "without the correction phase"); no weight update may follow such a step.
+        """
+        self.hypothesize()
+        st, h = self._state, self._hyp
+        x, m = self._check_observation(x, mask)
+        z, a = h["z"], h["a"]
+        e_first = None
+        s, a_k = z, a
+        for _ in range(self.K):
+            if s is z:
+                x_hat, p = h["x_hat"], h["p"]
+            else:
+                logits, p = self._predict(s)
+                x_hat = self._g0(logits)
+            e = self._errors(x_hat, p, s, x, m)
+            if e_first is None:
+                e_first = e
+            a_k = [None] + [a_k[l] - self.beta * self._disturbance(l, e, a[l]) for l in range(1, self.L + 1)]
+            s = [None] + [self.f(a_k[l], self.generator) for l in range(1, self.L + 1)]
+        y = s
+        mc = m.unsqueeze(1)
+        eps = [None] + [(z[l] - y[l]) * mc for l in range(1, self.L + 1)]
+        self._last = dict(
+            z=z, e=e_first, eps=eps, y_prev=st["y"], x_prev=st["x"], m_prev=st["m"],
+            eps_prev=st["eps"], logits=h["logits"], t=st["t"], corrected=update_states,
+        )
+        st["y"] = y if update_states else z
+        st["x"], st["m"], st["eps"] = x, m, eps
+        st["t"] += 1
+        self._hyp = None
+
+    def _disturbance(self, l: int, e: list, a_l: Tensor) -> Tensor:
+        """d^l = e^{l-1} E^l - α e^l (+ λ sign(a^l))."""
+        d = e[l - 1] @ self._w("E", l)
+        if l < self.L:
+            d = d - self.alpha * e[l]
+        if self.sparsity > 0.0:
+            d = d + self.sparsity * torch.sign(a_l)
+        return d
+
+    def _check_observation(self, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        B = self.batch_size
+        p = self.W1
+        if self.tokens:
+            if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+                raise TypeError(f"token observations must be integer ids, got dtype {x.dtype}")
+            if x.dim() != 1 or x.shape[0] != B:
+                raise ValueError(f"expected token ids of shape [{B}], got {tuple(x.shape)}")
+        elif x.dim() != 2 or x.shape != (B, self.input_size):
+            raise ValueError(f"expected observations of shape [{B}, {self.input_size}], got {tuple(x.shape)}")
+        m = torch.ones(B, device=p.device, dtype=p.dtype) if mask is None else mask.to(device=p.device, dtype=p.dtype)
+        if m.shape != (B,):
+            raise ValueError(f"expected a mask of shape [{B}], got {tuple(m.shape)}")
+        if self.tokens:
+            x = torch.where(m > 0, x.to(device=p.device, dtype=torch.long), 0)
+        else:
+            x = x.to(device=p.device, dtype=p.dtype) * m.unsqueeze(1)
+        return x, m
+
+    @torch.no_grad()
+    def step(self, x: Tensor, mask: Optional[Tensor] = None, *, update_states: bool = True) -> Tensor:
+        """Hypothesize x̂_t from t-1, then correct the states with x_t; returns x̂_t."""
+        x_hat = self.hypothesize()
+        self.correct(x, mask, update_states=update_states)
+        return x_hat
+
+    # ------------------------------------------------------------------ local learning
+
+    @torch.no_grad()
+    def local_updates(self) -> bool:
+        """Write the local updates of the latest step into ``param.grad``.
+
+        Returns False (and clears the gradients) for the first step after ``reset``, which the
+        reference does not learn from (no previous state); True otherwise.
+        """
+        last = self._last
+        if last is None:
+            raise RuntimeError("local_updates() needs a step() first")
+        if not last["corrected"]:
+            raise RuntimeError("no local updates after a step without state correction")
+        if last["t"] == 0:
+            for prm in self.parameters():
+                prm.grad = None
+            return False
+        B = last["z"][1].shape[0]
+        z, e, eps, y_prev = last["z"], last["e"], last["eps"], last["y_prev"]
+        grams: dict = {}
+
+        def gram(key, t):
+            if key not in grams:
+                grams[key] = _gram(t)
+            return grams[key]
+
+        def write(prm: Tensor, A: Tensor, Bm: Tensor, GA: Tensor, GB: Tensor, scale: float = 1.0):
+            """prm.grad = clip(scale · Aᵀ Bm) / B. Returns the clipped norm ‖clip(scale·AᵀBm)‖."""
+            n = (GA * GB).sum().clamp_min(0.0).sqrt() * abs(scale)
+            c = self._clip_factor(n)
+            _grad_buffer(prm)
+            torch.mm(A.T, Bm * (c * (scale / B)), out=prm.grad)
+            return n * c
+
+        x_prev, m_prev = last["x_prev"], last["m_prev"]
+        if self.tokens:
+            Gx = (x_prev.unsqueeze(0) == x_prev.unsqueeze(1)).to(m_prev.dtype) * torch.outer(m_prev, m_prev)
+        for l in range(1, self.L + 1):
+            # W^l: z^{lᵀ} (e^0 | ε^{l-1} or e^{l-1}); E^l from it (transpose rule)
+            err = e[0] if l == 1 else (eps[l - 1] if self.w_error == "epsilon" else e[l - 1])
+            W = self._w("W", l)
+            err_key = ("e", 0) if l == 1 else (("eps" if self.w_error == "epsilon" else "e"), l - 1)
+            nW = write(W, z[l], err, gram(("z", l), z[l]), gram(err_key, err))
+            E = self._w("E", l)
+            if self.e_rule == "transpose":
+                nE = nW * abs(self.gamma)
+                _grad_buffer(E)
+                torch.mul(W.grad.T, self.gamma * self._clip_factor(nE), out=E.grad)
+            else:
+                diff = eps[l] - last["eps_prev"][l]
+                write(E, e[l - 1], diff, gram(("e", l - 1), e[l - 1]), _gram(diff), -self.gamma)
+            # M^l: y^{l-1ᵀ}_{t-1} ε^l (x_{t-1} for l = 1)
+            Ge = gram(("eps", l), eps[l])
+            M = self._w("M", l)
+            if l == 1 and self.tokens:
+                c = self._clip_factor((Gx * Ge).sum().clamp_min(0.0).sqrt())
+                _grad_buffer(M).zero_()
+                M.grad.index_add_(0, x_prev, eps[1] * (m_prev * (c / B)).unsqueeze(1))
+            elif l == 1:
+                write(M, x_prev, eps[1], _gram(x_prev), Ge)
+            else:
+                write(M, y_prev[l - 1], eps[l], gram(("y", l - 1), y_prev[l - 1]), Ge)
+            write(self._w("V", l), y_prev[l], eps[l], gram(("y", l), y_prev[l]), Ge)
+            U = self._w("U", l)
+            if U is not None:
+                write(U, y_prev[l + 1], eps[l], gram(("y", l + 1), y_prev[l + 1]), Ge)
+        return True
+
+    def _clip_factor(self, norm: Tensor) -> Tensor | float:
+        """min(1, clip / norm) as TF's clip_by_norm computes it (1 when clipping is off)."""
+        if self.clip is None:
+            return 1.0
+        return self.clip / torch.clamp(norm, min=self.clip)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Enforce ``max_norm`` on every weight row (call after the optimizer step; no-op if off)."""
+        if self.max_norm is None:
+            return
+        for prm in self.parameters():
+            rows = prm.norm(dim=1, keepdim=True)
+            prm.mul_(self.max_norm / rows.clamp_min(self.max_norm))
+
+    def extra_repr(self) -> str:
+        o = self.options()
+        return ", ".join(f"{k}={v}" for k, v in o.items())
+
+
+def _grad_buffer(prm: Tensor) -> Tensor:
+    """prm.grad, allocated once and then reused (the optimizer reads it in place)."""
+    if prm.grad is None or prm.grad.shape != prm.shape:
+        prm.grad = torch.empty_like(prm)
+    return prm.grad
