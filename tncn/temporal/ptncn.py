@@ -258,10 +258,10 @@ class PTNCN(nn.Module):
             a = [None] * (self.L + 1)
             for l in range(1, self.L + 1):
                 a_l = self._input_drive(st["x"], st["m"]) if l == 1 else y[l - 1] @ self._w("M", l)
-                a_l = a_l + y[l] @ self._w("V", l)
+                a_l = torch.addmm(a_l, y[l], self._w("V", l))
                 U = self._w("U", l)
                 if U is not None:
-                    a_l = a_l + y[l + 1] @ U
+                    a_l = torch.addmm(a_l, y[l + 1], U)
                 a[l] = a_l
             z = [None] + [self.f(a[l], self.generator) for l in range(1, self.L + 1)]
             logits, p = self._predict(z)
@@ -312,7 +312,7 @@ class PTNCN(nn.Module):
             e = self._errors(x_hat, p, s, x, m)
             if e_first is None:
                 e_first = e
-            a_k = [None] + [a_k[l] - self.beta * self._disturbance(l, e, a[l]) for l in range(1, self.L + 1)]
+            a_k = [None] + [torch.add(a_k[l], self._disturbance(l, e, a[l]), alpha=-self.beta) for l in range(1, self.L + 1)]
             s = [None] + [self.f(a_k[l], self.generator) for l in range(1, self.L + 1)]
         y = s
         mc = m.unsqueeze(1)
@@ -328,9 +328,10 @@ class PTNCN(nn.Module):
 
     def _disturbance(self, l: int, e: list, a_l: Tensor) -> Tensor:
         """d^l = e^{l-1} E^l - α e^l (+ λ sign(a^l))."""
-        d = e[l - 1] @ self._w("E", l)
         if l < self.L:
-            d = d - self.alpha * e[l]
+            d = torch.addmm(e[l], e[l - 1], self._w("E", l), beta=-self.alpha)
+        else:
+            d = e[l - 1] @ self._w("E", l)
         if self.sparsity > 0.0:
             d = d + self.sparsity * torch.sign(a_l)
         return d
@@ -369,6 +370,10 @@ class PTNCN(nn.Module):
 
         Returns False (and clears the gradients) for the first step after ``reset``, which the
         reference does not learn from (no previous state); True otherwise.
+
+        Every update is an outer product Aᵀ B of two batch-sized factors. Its Frobenius norm comes
+        from the two B×B Gram matrices (‖AᵀB‖² = Σ (AAᵀ) ⊙ (BBᵀ)), all clip factors in one vector
+        operation, and each product is written once, already scaled, into a reused grad buffer.
         """
         last = self._last
         if last is None:
@@ -379,61 +384,57 @@ class PTNCN(nn.Module):
             for prm in self.parameters():
                 prm.grad = None
             return False
-        B = last["z"][1].shape[0]
         z, e, eps, y_prev = last["z"], last["e"], last["eps"], last["y_prev"]
-        grams: dict = {}
-
-        def gram(key, t):
-            if key not in grams:
-                grams[key] = _gram(t)
-            return grams[key]
-
-        def write(prm: Tensor, A: Tensor, Bm: Tensor, GA: Tensor, GB: Tensor, scale: float = 1.0):
-            """prm.grad = clip(scale · Aᵀ Bm) / B. Returns the clipped norm ‖clip(scale·AᵀBm)‖."""
-            n = (GA * GB).sum().clamp_min(0.0).sqrt() * abs(scale)
-            c = self._clip_factor(n)
-            _grad_buffer(prm)
-            torch.mm(A.T, Bm * (c * (scale / B)), out=prm.grad)
-            return n * c
-
         x_prev, m_prev = last["x_prev"], last["m_prev"]
-        if self.tokens:
-            Gx = (x_prev.unsqueeze(0) == x_prev.unsqueeze(1)).to(m_prev.dtype) * torch.outer(m_prev, m_prev)
+        B = z[1].shape[0]
+        transpose_rule = self.e_rule == "transpose"
+        # factors of each update: (parameter, A, A's key, B, B's key, sign·γ)
+        jobs = []
         for l in range(1, self.L + 1):
-            # W^l: z^{lᵀ} (e^0 | ε^{l-1} or e^{l-1}); E^l from it (transpose rule)
-            err = e[0] if l == 1 else (eps[l - 1] if self.w_error == "epsilon" else e[l - 1])
-            W = self._w("W", l)
-            err_key = ("e", 0) if l == 1 else (("eps" if self.w_error == "epsilon" else "e"), l - 1)
-            nW = write(W, z[l], err, gram(("z", l), z[l]), gram(err_key, err))
-            E = self._w("E", l)
-            if self.e_rule == "transpose":
-                nE = nW * abs(self.gamma)
-                _grad_buffer(E)
-                torch.mul(W.grad.T, self.gamma * self._clip_factor(nE), out=E.grad)
+            if l == 1:
+                err, err_key = e[0], ("e", 0)
+            elif self.w_error == "epsilon":
+                err, err_key = eps[l - 1], ("eps", l - 1)
             else:
+                err, err_key = e[l - 1], ("e", l - 1)
+            jobs.append((self._w("W", l), z[l], ("z", l), err, err_key, 1.0))
+            if not transpose_rule:
                 diff = eps[l] - last["eps_prev"][l]
-                write(E, e[l - 1], diff, gram(("e", l - 1), e[l - 1]), _gram(diff), -self.gamma)
-            # M^l: y^{l-1ᵀ}_{t-1} ε^l (x_{t-1} for l = 1)
-            Ge = gram(("eps", l), eps[l])
-            M = self._w("M", l)
-            if l == 1 and self.tokens:
-                c = self._clip_factor((Gx * Ge).sum().clamp_min(0.0).sqrt())
-                _grad_buffer(M).zero_()
-                M.grad.index_add_(0, x_prev, eps[1] * (m_prev * (c / B)).unsqueeze(1))
-            elif l == 1:
-                write(M, x_prev, eps[1], _gram(x_prev), Ge)
+                jobs.append((self._w("E", l), e[l - 1], ("e", l - 1), diff, ("diff", l), -self.gamma))
+            jobs.append((self._w("M", l), x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
+            jobs.append((self._w("V", l), y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
+            if self._w("U", l) is not None:
+                jobs.append((self._w("U", l), y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
+        grams = {}
+        for _, A, ka, Bm, kb, _ in jobs:
+            for key, t in ((ka, A), (kb, Bm)):
+                if key not in grams:
+                    if key == ("y", 0) and self.tokens:  # one-hot rows: Gram = [same token]·m mᵀ
+                        grams[key] = (t.unsqueeze(0) == t.unsqueeze(1)).to(m_prev.dtype) * torch.outer(m_prev, m_prev)
+                    else:
+                        grams[key] = _gram(t)
+        n2 = (torch.stack([grams[j[2]] for j in jobs]) * torch.stack([grams[j[4]] for j in jobs])).sum((1, 2))
+        norms = n2.clamp_min(0.0).sqrt() * torch.tensor([abs(j[5]) for j in jobs], dtype=n2.dtype, device=n2.device)
+        clipped = self._clip_factor(norms)
+        scales = (clipped * (1.0 / B)) * torch.tensor([j[5] for j in jobs], dtype=n2.dtype, device=n2.device)
+        for k, (prm, A, ka, Bm, _, _) in enumerate(jobs):
+            g = _grad_buffer(prm)
+            if ka == ("y", 0) and self.tokens:
+                g.zero_()
+                g.index_add_(0, A, Bm * (m_prev * scales[k]).unsqueeze(1))
             else:
-                write(M, y_prev[l - 1], eps[l], gram(("y", l - 1), y_prev[l - 1]), Ge)
-            write(self._w("V", l), y_prev[l], eps[l], gram(("y", l), y_prev[l]), Ge)
-            U = self._w("U", l)
-            if U is not None:
-                write(U, y_prev[l + 1], eps[l], gram(("y", l + 1), y_prev[l + 1]), Ge)
+                torch.mm(A.T, Bm * scales[k], out=g)
+        if transpose_rule:  # ΔE^l = clip(γ clip(ΔW^l)ᵀ): a scaled transpose of W^l's update
+            for k, (W, _, (kind, l), _, _, _) in enumerate(jobs):
+                if kind == "z":
+                    factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
+                    torch.mul(W.grad.T, factor, out=_grad_buffer(self._w("E", l)))
         return True
 
-    def _clip_factor(self, norm: Tensor) -> Tensor | float:
+    def _clip_factor(self, norm: Tensor) -> Tensor:
         """min(1, clip / norm) as TF's clip_by_norm computes it (1 when clipping is off)."""
         if self.clip is None:
-            return 1.0
+            return torch.ones_like(norm)
         return self.clip / torch.clamp(norm, min=self.clip)
 
     @torch.no_grad()

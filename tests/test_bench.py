@@ -1,0 +1,38 @@
+"""The benchmark's FLOP count against the closed form, and its memory probe on a short sequence."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import tncn
+from tncn import bench
+
+
+@pytest.mark.parametrize("H, V", [(1000, 49), (256, 49), (1000, 10000)])
+def test_flops_per_token_closed_form(H, V):
+    # L = 2, tokens, default E rule: 2·(11 H² + 3 H V) (DESIGN.md §4; ANCHORS: 22.5 MFLOP at H=1000)
+    assert bench.ptncn_flops_per_token(tncn.PTNCN(V, [H, H])) == 2 * (11 * H * H + 3 * H * V)
+
+
+def test_flops_count_the_temporal_rule_and_dense_inputs():
+    H, D = 30, 20
+    base = 2 * (11 * H * H + 3 * H * D)
+    assert bench.ptncn_flops_per_token(tncn.PTNCN(D, [H, H], e_rule="temporal")) == base + 2 * (H * H + D * H)
+    assert bench.ptncn_flops_per_token(tncn.PTNCN(D, [H, H], tokens=False)) == base + 2 * 2 * D * H
+
+
+def test_ptncn_memory_does_not_grow_with_sequence_length():
+    peak_short, _ = bench.peak_memory_mb("ptncn", 20, hidden=64, batch=8)
+    peak_long, growth = bench.peak_memory_mb("ptncn", 400, hidden=64, batch=8)
+    assert growth < 5 and peak_long < peak_short * 1.05 + 5
+
+
+@pytest.mark.slow
+def test_bench_command_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "tncn", "bench", "--quick", "--repeats", "1", "--json", str(out)], check=True)
+    result = json.loads(out.read_text())
+    assert result["matmul_gflops"] > 0
+    for row in result["rows"]:
+        assert {"tokens_per_s", "fraction_of_matmul_peak", "peak_memory_mb"} <= set(row)

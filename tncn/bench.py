@@ -1,0 +1,276 @@
+"""Speed and memory of a P-TNCN training step, measured against the machine and against BPTT.
+
+One run measures, side by side (so ratios are meaningful on a noisy shared machine):
+
+- the float32 matrix-multiply rate of this machine (GFLOP/s), square and at P-TNCN's shape;
+- tokens/s of a P-TNCN training step (hypothesize, correct, local updates, reference Nesterov SGD)
+  and its *useful* GFLOP/s: the FLOPs of the products the equations need (``ptncn_flops_per_token``)
+  divided by the time, as a fraction of the measured matrix-multiply rate;
+- tokens/s of LSTM and GRU training with truncated BPTT (window 50) at the same width, depth, batch;
+- peak memory growth of one training pass over a single sequence of length T for P-TNCN and for an
+  LSTM trained by full BPTT (each in a fresh subprocess; CPU: growth of the peak resident set size
+  over the set-up, the peak being reset first through /proc/self/clear_refs;
+  CUDA: ``torch.cuda.max_memory_allocated``).
+
+Every P-TNCN token here is real (random ids, no padding): the rate counts real tokens only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import tncn
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_rate(fn, work: float, repeats: int, device) -> float:
+    """Median of ``work / seconds`` over ``repeats`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    _sync(device)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        rates.append(work / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def matmul_gflops(m: int, k: int, n: int, device="cpu", repeats: int = 5) -> float:
+    """Measured float32 GFLOP/s of an [m,k] @ [k,n] product (2mkn FLOPs)."""
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    out = torch.empty(m, n, device=device)
+    calls = max(1, int(2e9 / (2 * m * k * n)))
+
+    def run():
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+    return _median_rate(run, 2 * m * k * n * calls / 1e9, repeats, device)
+
+
+def ptncn_flops_per_token(model: "tncn.PTNCN") -> float:
+    """FLOPs per observation that the P-TNCN equations need (DESIGN.md §4), K = 1.
+
+    2·(rows·cols) per weight for each product a row vector goes through: the hypothesis
+    (M^l for l > 1 — M^1 is a row gather for tokens — V^l, U^l, and the predictions W^l), the
+    correction (E^l), and the outer-product updates (W^l, M^l, V^l, U^l; E^l by the temporal rule
+    only, the default rule transposes ΔW). Gathers, index-adds and elementwise work are not counted.
+    """
+    flops = 0.0
+    for name, p in model.named_parameters():
+        kind, size = name[0], p.numel()
+        first_input = name == "M1" and model.tokens
+        hypothesis = kind in "MVUW" and not first_input
+        correction = kind == "E"
+        update = kind in "MVUW" and not first_input or (kind == "E" and model.e_rule == "temporal")
+        flops += 2 * size * (hypothesis + correction + update)
+    return flops
+
+
+def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, fused=True) -> float:
+    """Tokens/s of P-TNCN training steps on random ids (or dense frames)."""
+    model = tncn.PTNCN(vocab, hidden, tokens=tokens).to(device)
+    kw = {"fused": True} if fused else {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, **kw)
+    model.reset(batch)
+    gen = torch.Generator().manual_seed(0)
+    steps = max(5, int(2e9 / (ptncn_flops_per_token(model) * batch)))
+    data = (torch.randint(0, vocab, (steps, batch), generator=gen) if tokens
+            else torch.rand(steps, batch, vocab, generator=gen).round()).to(device)
+
+    def run():
+        for t in range(steps):
+            model.step(data[t])
+            if model.local_updates():
+                opt.step()
+    return _median_rate(run, steps * batch, repeats, device)
+
+
+class _RNNLM(nn.Module):
+    """Embedding, a torch RNN kernel (LSTM or GRU) and a softmax head: the BPTT reference point."""
+
+    def __init__(self, cell: str, vocab: int, hidden: int, layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](hidden, hidden, layers)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x, state=None):
+        h, state = self.rnn(self.embed(x), state)
+        return self.head(h), state
+
+
+def _detach(state):
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu", repeats=5) -> float:
+    """Tokens/s of truncated-BPTT training (window ``window``, state carried, Adam)."""
+    model = _RNNLM(cell, vocab, hidden, layers).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    windows = max(2, int(20 * 50 * 256 * 256 / (window * hidden * hidden)))
+    data = torch.randint(0, vocab, (windows, window + 1, batch), generator=gen).to(device)
+    state = None
+
+    def run():
+        nonlocal state
+        for w in range(windows):
+            logits, state = model(data[w, :-1], state)
+            state = _detach(state)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[w, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return _median_rate(run, windows * window * batch, repeats, device)
+
+
+# --------------------------------------------------------------------------- memory
+
+def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device: str) -> tuple[float, float]:
+    """(peak MB, growth of the peak over the set-up MB) of one training pass over one sequence."""
+    torch.manual_seed(0)
+    data = torch.randint(0, vocab, (T, batch)).to(device)
+    if kind == "ptncn":
+        model = tncn.PTNCN(vocab, [hidden, hidden]).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
+        model.reset(batch)
+        model.step(data[0])
+        model.step(data[1])
+        model.local_updates()
+        opt.step()   # grads and momentum buffers exist before the baseline is taken
+    else:
+        model = _RNNLM("lstm", vocab, hidden, 2).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    base = _peak_mb(device, reset=True)
+    if kind == "ptncn":
+        model.reset(batch)
+        for t in range(T):
+            model.step(data[t])
+            if model.local_updates():
+                opt.step()
+    else:
+        logits, _ = model(data[:-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
+        loss.backward()
+        opt.step()
+    _sync(device)
+    peak = _peak_mb(device)
+    return peak, peak - base
+
+
+def _peak_mb(device, reset=False) -> float:
+    if torch.device(device).type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.max_memory_allocated() / 2**20
+    # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current one
+    if reset:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def peak_memory_mb(kind: str, T: int, hidden=256, batch=32, vocab=49, device="cpu") -> tuple[float, float]:
+    """(peak, growth) in MB from ``_memory_child`` run in a fresh interpreter."""
+    code = (f"import tncn.bench as b; print(*b._memory_child({kind!r}, {T}, {hidden}, {batch}, {vocab}, {device!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    peak, growth = out.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(growth)
+
+
+# --------------------------------------------------------------------------- the table
+
+@dataclass
+class Row:
+    config: str
+    tokens_per_s: float | None = None
+    useful_gflops: float | None = None
+    fraction_of_matmul_peak: float | None = None
+    peak_memory_mb: float | None = None
+    note: str = ""
+
+
+def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
+    """Measure everything; return the JSON-ready result (also see ``format_table``)."""
+    result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "repeats": repeats, "rows": []}
+    progress("matrix multiply ...")
+    result["matmul_gflops"] = matmul_gflops(2048, 2048, 2048, device, repeats)
+    result["matmul_gflops_50x1000x1000"] = matmul_gflops(50, 1000, 1000, device, repeats)
+    peak = result["matmul_gflops"]
+    rows = []
+    widths = [256] if quick else [256, 1000]
+    for H in widths:
+        progress(f"P-TNCN H={H} ...")
+        model = tncn.PTNCN(49, [H, H])
+        rate = ptncn_train_rate([H, H], 49, 50, device, repeats)
+        useful = rate * ptncn_flops_per_token(model) / 1e9
+        rows.append(Row(f"P-TNCN L=2 H={H} B=50 V=49", rate, useful, useful / peak))
+        for cell in ("lstm", "gru"):
+            progress(f"{cell.upper()} H={H} ...")
+            r = bptt_train_rate(cell, H, 2, 49, 50, 50, device, repeats)
+            rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
+                            note=f"P-TNCN / {cell.upper()} = {rate / r:.2f}"))
+    if not quick:
+        progress("P-TNCN word level ...")
+        model = tncn.PTNCN(10000, [1000, 1000])
+        rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))
+        useful = rate * ptncn_flops_per_token(model) / 1e9
+        rows.append(Row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", rate, useful, useful / peak))
+    lengths = [100, 1000] if quick else [100, 1000, 10000]
+    for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
+        for T in lengths:
+            progress(f"memory {label} T={T} ...")
+            peak, growth = peak_memory_mb(kind, T, device=device)
+            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=peak,
+                            note=f"growth during the pass: {growth:,.1f} MB"))
+    result["rows"] = [r.__dict__ for r in rows]
+    return result
+
+
+def format_table(result: dict) -> str:
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+    lines = [
+        f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, median of {result['repeats']}",
+        f"matrix multiply: {result['matmul_gflops']:.0f} GFLOP/s (2048³), "
+        f"{result['matmul_gflops_50x1000x1000']:.0f} GFLOP/s (50×1000 @ 1000×1000)",
+        "",
+        "| configuration | tokens/s | useful GFLOP/s | fraction of matmul peak | peak memory MB | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {f(r['tokens_per_s'], ',.0f')} | {f(r['useful_gflops'], '.1f')} | "
+                     f"{f(r['fraction_of_matmul_peak'], '.0%')} | {f(r['peak_memory_mb'], ',.0f')} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def save_json(result: dict, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=2)
