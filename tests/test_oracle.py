@@ -15,6 +15,11 @@ from conftest import shared_path
 RECORDED = ["x_hat", "z1", "z2", "y1", "y2", "e0", "e1"]
 
 
+def as_stored(arrays: dict) -> dict:
+    """The recorded arrays in tncn.PTNCN's layout: E^l is stored transposed ([H_l, H_{l-1}])."""
+    return {k: torch.from_numpy(v.T.copy() if k.startswith("E") else v) for k, v in arrays.items()}
+
+
 def replay(name: str, **options) -> float:
     """Run our PTNCN over the recorded tokens; return the largest deviation from the record."""
     f = np.load(shared_path("oracles", f"{name}.npz"))
@@ -24,7 +29,7 @@ def replay(name: str, **options) -> float:
         clip=cfg["update_clip_norm"], e_rule="temporal" if cfg["temporal_error_rule"] else "transpose",
         **options,
     )
-    model.load_state_dict({k.split("/", 1)[1]: torch.from_numpy(f[k]) for k in f.files if k.startswith("init/")})
+    model.load_state_dict(as_stored({k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("init/")}))
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True)
     tokens = torch.from_numpy(f["tokens"]).long()
     model.reset(tokens.shape[0])
@@ -41,10 +46,10 @@ def replay(name: str, **options) -> float:
         assert updated == (t >= cfg["first_update_step"])
         if updated:
             for n, p in model.named_parameters():
-                worst = max(worst, np.abs(p.grad.numpy() - f[f"t{t}/delta/{n}"]).max())
+                worst = max(worst, np.abs(p.grad.numpy() - as_stored({n: f[f"t{t}/delta/{n}"]})[n].numpy()).max())
             opt.step()
             for n, p in model.named_parameters():
-                worst = max(worst, np.abs(p.detach().numpy() - f[f"t{t}/after/{n}"]).max())
+                worst = max(worst, np.abs(p.detach().numpy() - as_stored({n: f[f"t{t}/after/{n}"]})[n].numpy()).max())
     return worst
 
 

@@ -5,7 +5,8 @@ update formed as a full outer product, clipped after it is formed, no buffers re
 independent implementation the tests compare the fast model against (for any depth and option),
 and the "naive step" baseline of ``scripts/bench_step.py``. Not for training.
 
-Weights are a dict {"M1": [H_0, H_1], "V1", "U1", "W1", "E1", ...} in the row-vector layout;
+Weights are a dict {"M1": [H_0, H_1], "V1", "U1", "W1", "E1", ...} in the row-vector layout, E^l
+stored transposed as in ``tncn.PTNCN`` ("E1" is [H_1, H_0]);
 ``state`` is {"y": [y^1..y^L], "x": x_{t-1} (dense), "eps": [ε^1..ε^L] of t-1}.
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def naive_step(weights: dict, state: dict, x: torch.Tensor, m: torch.Tensor, *, 
         if k == 0:
             x_hat, e0 = xh, e
         for l in range(1, L + 1):
-            d = e[l - 1] @ w[f"E{l}"]
+            d = e[l - 1] @ w[f"E{l}"].T
             if l < L:
                 d = d - alpha * e[l]
             if sparsity:
@@ -85,9 +86,9 @@ def naive_step(weights: dict, state: dict, x: torch.Tensor, m: torch.Tensor, *, 
         dW = _clip(z[l].T @ err, clip)
         deltas[f"W{l}"] = dW / B
         if e_rule == "transpose":
-            deltas[f"E{l}"] = _clip(gamma * dW.T, clip) / B
+            deltas[f"E{l}"] = _clip(gamma * dW, clip) / B  # (ΔE^l)ᵀ = γ ΔW^l
         else:
-            deltas[f"E{l}"] = _clip(-gamma * e0[l - 1].T @ (eps[l] - state["eps"][l - 1]), clip) / B
+            deltas[f"E{l}"] = _clip(-gamma * (eps[l] - state["eps"][l - 1]).T @ e0[l - 1], clip) / B
         deltas[f"M{l}"] = _clip(y_prev[l - 1].T @ eps[l], clip) / B
         deltas[f"V{l}"] = _clip(y_prev[l].T @ eps[l], clip) / B
         if l < L and U[l] is not None:

@@ -12,7 +12,9 @@ l = 1..L are latent, of widths H_l. Per layer l:
 - V^l [H_l, H_l]      recurrent (memory) weights;
 - U^l [H_{l+1}, H_l]  top-down weights (no U on the top layer; ``top_down=False`` drops them all);
 - W^l [H_l, H_{l-1}]  prediction weights: layer l predicts layer l-1;
-- E^l [H_{l-1}, H_l]  error weights: carry layer l-1's error up to layer l.
+- E^l [H_{l-1}, H_l]  error weights: carry layer l-1's error up to layer l. Stored transposed,
+                      as ``E{l}`` [H_l, H_{l-1}] (the layout of W^l), so that the default rule
+                      ΔE^l = γ (ΔW^l)ᵀ is a contiguous scaled copy of ΔW^l.
 
 One time step:
 
@@ -157,7 +159,7 @@ class PTNCN(nn.Module):
             if self.top_down and l < self.L:
                 setattr(self, f"U{l}", new((sizes[l + 1], sizes[l]), init_std))
             setattr(self, f"W{l}", new((sizes[l], sizes[l - 1]), init_std))
-            setattr(self, f"E{l}", new((sizes[l - 1], sizes[l]), e_init_std))
+            setattr(self, f"E{l}", new((sizes[l], sizes[l - 1]), e_init_std))  # (E^l)ᵀ
         self._state: Optional[dict] = None
         self._hyp: Optional[dict] = None
         self._last: Optional[dict] = None
@@ -329,9 +331,9 @@ class PTNCN(nn.Module):
     def _disturbance(self, l: int, e: list, a_l: Tensor) -> Tensor:
         """d^l = e^{l-1} E^l - α e^l (+ λ sign(a^l))."""
         if l < self.L:
-            d = torch.addmm(e[l], e[l - 1], self._w("E", l), beta=-self.alpha)
+            d = torch.addmm(e[l], e[l - 1], self._w("E", l).T, beta=-self.alpha)
         else:
-            d = e[l - 1] @ self._w("E", l)
+            d = e[l - 1] @ self._w("E", l).T
         if self.sparsity > 0.0:
             d = d + self.sparsity * torch.sign(a_l)
         return d
@@ -400,7 +402,7 @@ class PTNCN(nn.Module):
             jobs.append((self._w("W", l), z[l], ("z", l), err, err_key, 1.0))
             if not transpose_rule:
                 diff = eps[l] - last["eps_prev"][l]
-                jobs.append((self._w("E", l), e[l - 1], ("e", l - 1), diff, ("diff", l), -self.gamma))
+                jobs.append((self._w("E", l), diff, ("diff", l), e[l - 1], ("e", l - 1), -self.gamma))
             jobs.append((self._w("M", l), x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
             jobs.append((self._w("V", l), y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
             if self._w("U", l) is not None:
@@ -424,11 +426,11 @@ class PTNCN(nn.Module):
                 g.index_add_(0, A, Bm * (m_prev * scales[k]).unsqueeze(1))
             else:
                 torch.mm(A.T, Bm * scales[k], out=g)
-        if transpose_rule:  # ΔE^l = clip(γ clip(ΔW^l)ᵀ): a scaled transpose of W^l's update
+        if transpose_rule:  # ΔE^l = clip(γ clip(ΔW^l)ᵀ): stored transposed, a scaled copy of ΔW^l
             for k, (W, _, (kind, l), _, _, _) in enumerate(jobs):
                 if kind == "z":
                     factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
-                    torch.mul(W.grad.T, factor, out=_grad_buffer(self._w("E", l)))
+                    torch.mul(W.grad, factor, out=_grad_buffer(self._w("E", l)))
         return True
 
     def _clip_factor(self, norm: Tensor) -> Tensor:
