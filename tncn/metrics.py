@@ -1,0 +1,69 @@
+"""Scores for sequence models: bits per symbol (BPC), perplexity, accuracy, the unigram baseline.
+
+All scores come from the log-probability each model gives the observed symbol before seeing it:
+bits = -log2 p(x_t | x_<t); BPC = mean bits over scored symbols; perplexity = 2^BPC (reported for
+word models); accuracy = share of scored symbols that were the most probable prediction.
+The unigram baseline is what a model without context achieves: the entropy of the training
+symbol distribution, and the cross-entropy of another split under it (add-one smoothed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Tally:
+    """Running sums over scored symbols: total bits, how many were scored, how many were top-1."""
+
+    bits: float = 0.0
+    scored: int = 0
+    correct: int = 0
+
+    def __add__(self, other: "Tally") -> "Tally":
+        return Tally(self.bits + other.bits, self.scored + other.scored, self.correct + other.correct)
+
+    @property
+    def bpc(self) -> float:
+        return self.bits / self.scored if self.scored else float("nan")
+
+    @property
+    def perplexity(self) -> float:
+        return 2.0 ** self.bpc
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.scored if self.scored else float("nan")
+
+    def to_list(self) -> list:
+        return [self.bits, self.scored, self.correct]
+
+
+def score_logits(logits: torch.Tensor, targets: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bits and top-1 hits summed over the scored rows of one step, as tensors (no device sync).
+
+    logits [B, V] (before softmax), targets [B] ids, score [B] bool.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nats = -logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+    bits = torch.where(score, nats, torch.zeros_like(nats)).sum() / LN2
+    hits = ((logp.argmax(dim=1) == targets) & score).sum()
+    return bits, hits
+
+
+def unigram_entropy(counts: Sequence[int]) -> float:
+    """Entropy in bits of the distribution given by ``counts`` (zero counts ignored)."""
+    n = float(sum(counts))
+    return -sum(c / n * math.log2(c / n) for c in counts if c > 0)
+
+
+def unigram_cross_entropy(counts: Sequence[int], ids: torch.Tensor) -> float:
+    """Mean bits of ``ids`` under the add-one-smoothed unigram model of ``counts``."""
+    p = (torch.tensor(counts, dtype=torch.float64) + 1.0)
+    logp = torch.log2(p / p.sum())
+    return float(-logp[ids].mean())

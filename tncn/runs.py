@@ -1,0 +1,136 @@
+"""Run folders of ``tncn train`` and loading a trained sequence model back.
+
+A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON object per
+validation, see ``tncn.train.fit``), ``checkpoint.pt`` and ``curves.png`` (BPC against training
+tokens and against wall time). The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds
+plain data only: ``config``, ``vocab`` (``Vocabulary.to_dict``), ``learner`` (the learner's
+state_dict: model, optimizer, carried state, its RNG), ``progress`` (``tncn.train.Progress``)
+and ``rng`` (the global torch RNG states).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from sequences.vocab import Vocabulary
+from tncn import checkpoint
+from tncn.errors import UserError
+from tncn.train import Progress, build_learner, learner_module
+
+KIND = "sequence"
+FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, "curves.png")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, refusing CUDA where it is not available."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                            f"{'built without CUDA' if torch.version.cuda is None else 'no usable GPU'})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return dev
+
+
+def learner_options(config: dict) -> dict:
+    """The learner's options out of a flat run config."""
+    return {k: config[k] for k in learner_module(config["model"]).DEFAULTS}
+
+
+@dataclass
+class Run:
+    """A trained sequence model loaded from a checkpoint."""
+
+    config: dict
+    vocab: Vocabulary
+    learner: object
+    progress: Progress
+    rng: dict
+    path: Path
+
+
+def load(path, device: Optional[str] = None) -> Run:
+    """The checkpoint at ``path`` (a run folder or a checkpoint file), rebuilt on ``device``
+    (default: the device it was trained on)."""
+    data = checkpoint.load(path, KIND)
+    where = checkpoint.resolve(path)
+    try:
+        config, vocab = data["config"], Vocabulary.from_dict(data["vocab"])
+        device = resolve_device(device or config["device"])
+        learner = build_learner(config["model"], learner_options(config), len(vocab), device, config["seed"])
+        learner.load_state_dict(data["learner"])
+        progress = Progress.from_dict(data["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{where}: its model or vocabulary does not fit its saved weights ({text})") from None
+    return Run(config, vocab, learner, progress, data.get("rng", {}), where)
+
+
+def save(out: Path, config: dict, vocab: Vocabulary, learner, progress: Progress) -> Path:
+    return checkpoint.save(out / checkpoint.FILENAME, {
+        "config": config, "vocab": vocab.to_dict(), "learner": learner.state_dict(),
+        "progress": progress.to_dict(), "rng": checkpoint.rng_state()}, KIND)
+
+
+def check_out(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to write into an existing, non-empty folder unless resuming or forced."""
+    if resume and force:
+        raise UserError("--resume and --force exclude each other")
+    if resume:
+        if not (out / checkpoint.FILENAME).is_file():
+            raise UserError(f"--resume: no checkpoint in {out}")
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} already exists; continue it with --resume or overwrite it with --force")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_config(out: Path, config: dict) -> None:
+    _write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def write_metrics(out: Path, records: list) -> None:
+    _write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_metric(out: Path, record: dict) -> None:
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baseline: Optional[float] = None) -> None:
+    """``curves.png``: train and valid BPC against training tokens and against wall time."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, key, label in zip(fig.subplots(1, 2), ("tokens", "elapsed_s"), ("training tokens", "wall time (s)")):
+        x = [r[key] for r in records]
+        ax.plot(x, [r["train_bpc"] for r in records], "o-", label="train (running)")
+        ax.plot(x, [r["valid_bpc"] for r in records], "s-", label="valid")
+        if baseline is not None:
+            ax.axhline(baseline, color="gray", ls="--", lw=1, label="unigram entropy")
+        ax.set_xlabel(label)
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    tmp = out / "curves.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, out / "curves.png")

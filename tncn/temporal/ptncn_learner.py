@@ -1,0 +1,148 @@
+"""The P-TNCN as a sequence learner for ``tncn.train`` (the learner protocol is documented there).
+
+Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; DESIGN.md §4):
+``model.step(x_t, m_t)`` (predict x_t from t-1, then correct the states with x_t), score the
+prediction from ``model.last_logits``, then ``if model.local_updates(): opt.step();
+model.project_()`` (no update on the first step after a reset). Evaluation runs the same step
+with every weight frozen, with the state correction (default) or without it
+(``update_states=False``). Nothing builds an autograd graph.
+
+Options (``DEFAULTS``): ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults
+are read from ``PTNCN`` itself (the reference behaviour), plus the optimizer (``optimizer``,
+``lr``, ``momentum``, ``weight_decay``; see ``tncn.train.make_optimizer``: momentum None is the
+optimizer's own default, 0.95 for nesterov). The quick default run of ``tncn train`` overrides
+some of them (see ``tncn.commands.train``).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+
+from tncn.errors import UserError
+from tncn.metrics import Tally, score_logits
+from tncn.temporal.ptncn import PTNCN
+from tncn.train import make_optimizer
+
+KIND = "ptncn"
+MODEL_KEYS = ("activation", "beta", "alpha", "gamma", "K", "e_rule", "hidden_prediction", "w_error",
+              "top_down", "sparsity", "clip", "max_norm", "init", "init_std", "e_init_std")
+_SIG = inspect.signature(PTNCN).parameters
+DEFAULTS = {"hidden": [1000, 1000], **{k: _SIG[k].default for k in MODEL_KEYS},
+            "optimizer": "nesterov", "lr": 0.075, "momentum": None, "weight_decay": 0.0}
+
+
+def build(options: dict, vocab_size: int, device="cpu", seed: int = 0) -> "PTNCNLearner":
+    return PTNCNLearner(options, vocab_size, device, seed)
+
+
+class PTNCNLearner:
+    """A ``PTNCN`` over token ids, its optimizer and its carried training state."""
+
+    kind = KIND
+    has_correction = True
+
+    def __init__(self, options: dict, vocab_size: int, device="cpu", seed: int = 0):
+        self.options = dict(options)
+        hidden = [int(h) for h in options["hidden"]]
+        if not hidden or min(hidden) <= 0:
+            raise UserError(f"hidden widths must be positive, got {','.join(map(str, hidden)) or 'none'}")
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        try:
+            self.model = PTNCN(vocab_size, hidden, tokens=True, generator=self.generator,
+                               **{k: options[k] for k in MODEL_KEYS}).to(self.device)
+        except ValueError as err:  # an impossible model option (K < 1, a bad clip, ...)
+            raise UserError(str(err)) from None
+        self._new_opt = make_optimizer(options["optimizer"], options["lr"], options["momentum"], options["weight_decay"])
+        self._opt = None
+        self._opt_state = None  # a loaded optimizer state, applied when the optimizer is built
+        self._mode = "train"
+        self._stash = None  # (carried training state, generator state) while evaluating or sampling
+
+    # ------------------------------------------------------------------ modes and state
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        """The optimizer, built on first use (evaluation and sampling never need it)."""
+        if self._opt is None:
+            self._opt = self._new_opt(self.model.parameters())
+            if self._opt_state is not None:
+                self._opt.load_state_dict(self._opt_state)
+                self._opt_state = None
+        return self._opt
+
+    def _enter(self, mode: str) -> None:
+        """Switch between training and evaluation/sampling, keeping the training state aside."""
+        if mode == self._mode:
+            return
+        if self._mode == "train":
+            self._stash = (self.model.carry_state(), self.generator.get_state())
+        if mode == "train":
+            carry, gen = self._stash
+            self.model.load_carry_state(carry)
+            self.generator.set_state(gen)
+            self._stash = None
+        self._mode = mode
+
+    def state_dict(self) -> dict:
+        carry, gen = (self.model.carry_state(), self.generator.get_state()) if self._mode == "train" else self._stash
+        opt = self._opt_state if self._opt is None and self._opt_state is not None else self.opt.state_dict()
+        return {"model": self.model.state_dict(), "optimizer": opt, "carry": carry, "generator": gen}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self._opt, self._opt_state = None, copy.deepcopy(d["optimizer"])  # never share moment buffers
+        self._mode, self._stash = "train", None
+        self.model.load_carry_state(d["carry"])
+        self.generator.set_state(d["generator"])
+
+    # ------------------------------------------------------------------ segments
+
+    def _run(self, batch, learn: bool, correction: bool = True) -> Tally:
+        tokens = batch.tokens.to(self.device)
+        mask = batch.mask.to(self.device)
+        score = batch.score.to(self.device)
+        if batch.reset or self.model.batch_size is None:
+            self.model.reset(tokens.shape[1])
+        bits = torch.zeros((), device=self.device)
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
+        scored_steps = batch.score.any(dim=1).tolist()
+        for t, scored in enumerate(scored_steps):
+            self.model.step(tokens[t], mask[t], update_states=correction)
+            if scored:
+                b, h = score_logits(self.model.last_logits, tokens[t], score[t])
+                bits += b
+                hits += h
+            if learn and self.model.local_updates():
+                self.opt.step()
+                self.model.project_()
+        return Tally(float(bits), batch.n_scored, int(hits))
+
+    @torch.no_grad()
+    def train_segment(self, batch) -> Tally:
+        self._enter("train")
+        return self._run(batch, learn=True)
+
+    @torch.no_grad()
+    def eval_segment(self, batch, correction: bool = True) -> Tally:
+        self._enter("eval")
+        return self._run(batch, learn=False, correction=correction)
+
+    @torch.no_grad()
+    def sample(self, prime: torch.Tensor, length: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+        self._enter("sample")
+        self.model.reset(1)
+        for x in prime.to(self.device):
+            self.model.step(x.view(1))
+        out = torch.zeros(length, dtype=torch.long)
+        for i in range(length):
+            self.model.hypothesize()
+            logits = self.model.last_logits[0].float().cpu()
+            if temperature == 0:
+                out[i] = logits.argmax()
+            else:
+                out[i] = torch.multinomial(torch.softmax(logits / temperature, dim=0), 1, generator=generator)[0]
+            self.model.step(out[i:i + 1].to(self.device))
+        return out
