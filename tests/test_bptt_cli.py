@@ -1,0 +1,90 @@
+"""``tncn train / eval / sample`` with the BPTT baselines (``--model rnn|gru|lstm|elman --bptt full|K``),
+end to end on a tiny corpus written here; bad input gives one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from tncn.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    rng = random.Random(0)
+    words = "the cat sat on a mat and then a dog ran to the red barn while birds sang".split()
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "\n" for _ in range(400)))
+    return path
+
+
+def _train(tiny, out, *extra):
+    return main(["train", "--data", str(tiny), "--hidden", "16", "--batch-size", "8", "--seq-len", "20",
+                 "--eval-every", "2", "--out", str(out), *extra])
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_lstm_then_eval_and_sample(tiny, tmp_path, capsys):
+    out = tmp_path / "lstm"
+    assert _train(tiny, out, "--model", "lstm", "--bptt", "7", "--clip-grad", "1", "--steps", "4") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "lstm" and config["bptt"] == "7" and config["clip_grad"] == 1.0
+    assert config["hidden"] == [16] and "beta" not in config
+    records = _metrics(out)
+    assert [r["step"] for r in records] == [2, 4] and all(r["valid_bpc"] > 0 for r in records)
+    assert "sample (temperature" in capsys.readouterr().out
+
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(out), "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["model"] == "lstm" and r["split"] == "test" and r["scored"] > 0 and r["bpc"] > 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(out), "--prime", "the ", "--length", "25", "--seed", "1"]) == 0
+    first = capsys.readouterr().out.rstrip("\n")
+    assert first.startswith("the ") and len(first) == 4 + 25
+    assert main(["sample", "--checkpoint", str(out), "--prime", "the ", "--length", "25", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == first
+    assert main(["eval", "--checkpoint", str(out), "--frozen-correction", "off"]) == 2
+    assert "no state-correction phase" in capsys.readouterr().err
+
+
+def test_same_seed_twice_same_numbers_and_resume_continues_exactly(tiny, tmp_path):
+    keys = ("step", "tokens", "train_bpc", "valid_bpc", "valid_accuracy")
+    runs = []
+    for name in ("a", "b"):
+        assert _train(tiny, tmp_path / name, "--model", "gru", "--steps", "4", "--seed", "5") == 0
+        runs.append([{k: r[k] for k in keys} for r in _metrics(tmp_path / name)])
+    assert runs[0] == runs[1]
+    part = tmp_path / "part"
+    assert _train(tiny, part, "--model", "gru", "--steps", "2", "--seed", "5") == 0
+    assert main(["train", "--out", str(part), "--resume", "--steps", "4"]) == 0
+    assert [{k: r[k] for k in keys} for r in _metrics(part)] == runs[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "transformer"], "unknown model 'transformer'"),
+    (["--model", "lstm", "--bptt", "x"], "--bptt must be full or a positive number of steps, got 'x'"),
+    (["--model", "rnn", "--bptt", "0"], "--bptt must be full or a positive number of steps, got '0'"),
+    (["--model", "ptncn", "--bptt", "5"], "--bptt"),
+    (["--model", "gru", "--beta", "0.2"], "--beta"),
+    (["--model", "lstm", "--clip-grad", "-1"], "--clip-grad must be non-negative"),
+    (["--model", "gru", "--embed", "8"], "embedding input only"),
+    (["--model", "elman", "--activation", "sign"], "has none"),
+])
+def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
+    assert _train(tiny, tmp_path / "bad", "--steps", "1", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tncn train: error:") and message in err[0]

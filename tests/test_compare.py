@@ -1,0 +1,192 @@
+"""End-to-end tests of ``tncn compare`` (P-TNCN against BPTT baselines) on a tiny corpus written here.
+
+Most runs go through the command line with each model's run made in this process (``_spawn``
+replaced by ``run_task``: starting a fresh interpreter per model costs seconds on busy cores); the
+slow tests run tasks and whole comparisons in real child processes.
+Parameter counts are checked against closed forms; bad input gives one line and exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from tncn.cli import main
+from tncn.commands import compare
+from tncn.temporal.bptt import n_params
+
+MODELS = ["ptncn", "lstm", "gru", "rnn"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """400 short lines over 16 words: a 90/5/5 split of a text file."""
+    rng = random.Random(0)
+    words = "the cat sat on a mat and then a dog ran to the red barn while birds sang".split()
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "\n" for _ in range(400)))
+    return path
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    monkeypatch.setattr(compare, "_spawn", lambda task, threads: compare.run_task(task))
+
+
+def _compare(tiny, out, *extra):
+    return main(["compare", "--data", str(tiny), "--hidden", "12,12", "--batch-size", "4", "--seq-len", "25",
+                 "--out", str(out), *extra])
+
+
+def _ptncn_params(V, h1, h2):
+    """M1, W1, E1: V×h1 each; V1: h1²; U1: h2×h1; M2, W2, E2: h1×h2 each; V2: h2²."""
+    return 3 * V * h1 + h1 * h1 + h2 * h1 + 3 * h1 * h2 + h2 * h2
+
+
+def test_compare_end_to_end_writes_every_file(tiny, tmp_path, in_process, capsys):
+    out = tmp_path / "cmp"
+    assert _compare(tiny, out, "--models", ",".join(MODELS), "--tokens", "600", "--points", "2") == 0
+    for name in ("results.json", "table.md", "bpc_vs_time.png", "bpc_vs_tokens.png"):
+        assert (out / name).is_file()
+    for name in ("bpc_vs_time.png", "bpc_vs_tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = json.loads((out / "results.json").read_text())
+    V = r["vocab_size"]
+    assert list(r["models"]) == MODELS and r["budget"] == {"tokens": 600}
+    assert r["ptncn_params"] == _ptncn_params(V, 12, 12)
+    tokens = {m["tokens"] for m in r["models"].values()}
+    assert len(tokens) == 1 and 600 <= tokens.pop() < 600 + 4 * 25  # the same batches, at most one more
+    for kind, m in r["models"].items():
+        curve = m["valid_bpc"]
+        assert len(curve["bpc"]) == len(curve["tokens"]) == len(curve["seconds"]) == 3  # before, 2 points
+        assert curve["tokens"][0] == 0 and curve["tokens"] == sorted(curve["tokens"])
+        assert all(math.isfinite(b) for b in curve["bpc"]) and math.isfinite(m["test_bpc"])
+        assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] is not None
+        h = m["hidden"]
+        if kind == "ptncn":
+            assert h == [12, 12] and m["params"] == r["ptncn_params"]
+        else:  # the closest width: no neighbour is nearer P-TNCN's count
+            assert len(h) == 2 and h[0] == h[1] and m["params"] == n_params(kind, V, h)
+            gap = abs(m["params"] - r["ptncn_params"])
+            for w in (h[0] - 1, h[0] + 1):
+                assert gap <= abs(n_params(kind, V, [w, w]) - r["ptncn_params"])
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    assert table.strip() in printed
+    assert sum(line.startswith(f"| {k} |") for k in MODELS for line in table.splitlines()) == 4
+
+
+def test_same_data_and_seed_give_the_same_numbers_twice(tiny, tmp_path, in_process):
+    results = []
+    for name in ("a", "b"):
+        assert _compare(tiny, tmp_path / name, "--models", "ptncn,gru", "--tokens", "300", "--points", "1",
+                        "--set", "gru:bptt=10", "--seed", "3") == 0
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+    for kind in ("ptncn", "gru"):
+        a, b = results[0]["models"][kind], results[1]["models"][kind]
+        assert a["valid_bpc"]["bpc"] == b["valid_bpc"]["bpc"] and a["test_bpc"] == b["test_bpc"]
+    assert results[0]["models"]["gru"]["options"]["bptt"] == 10
+
+
+def test_lines_protocol_minutes_budget_and_matched_widths(tiny, tmp_path, in_process):
+    out = tmp_path / "lines"
+    assert _compare(tiny, out, "--models", "ptncn,elman", "--protocol", "lines", "--minutes", "0.004",
+                    "--points", "2", "--match", "hidden", "--valid-lines", "5", "--set", "elman:activation=\"relu\"") == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["budget"] == {"minutes": 0.004} and r["seq_len"] is None
+    for m in r["models"].values():
+        assert m["hidden"] == [12, 12]
+        assert m["valid_bpc"]["seconds"][-1] >= 0.24 and m["train_s"] >= 0.24
+    assert r["models"]["elman"]["options"]["activation"] == "relu"
+
+
+def test_memory_mode_writes_table_and_plot(tiny, tmp_path, in_process, capsys):
+    out = tmp_path / "mem"
+    assert _compare(tiny, out, "--memory", "--models", "ptncn,lstm", "--lengths", "5,40", "--hidden", "8",
+                    "--match", "hidden") == 0
+    r = json.loads((out / "memory.json").read_text())
+    assert r["lengths"] == [5, 40] and set(r["models"]) == {"ptncn", "lstm"}
+    assert r["models"]["lstm"]["bptt"] == "full" and r["models"]["ptncn"]["bptt"] is None
+    for m in r["models"].values():
+        assert set(m["rows"]) == {"5", "40"} and all("growth_mb" in v for v in m["rows"].values())
+    assert (out / "memory_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| lstm | 8 | full BPTT |" in capsys.readouterr().out
+
+
+def _memory_task():
+    return dict(task="memory", kind="gru", options={"hidden": [4]}, T=6, vocab=5, batch_size=2, seed=0,
+                threads=1, device="cpu")
+
+
+def test_child_main_reads_a_task_and_writes_its_result(tmp_path):
+    spec, result = tmp_path / "task.json", tmp_path / "result.json"
+    spec.write_text(json.dumps(_memory_task()))
+    compare.child_main(str(spec), str(result))
+    r = json.loads(result.read_text())
+    assert set(r) == {"peak_mb", "growth_mb"} and r["peak_mb"] > 0
+
+
+@pytest.mark.slow
+def test_a_task_runs_in_a_child_process():
+    result = compare._spawn(_memory_task(), threads=1)
+    assert set(result) == {"peak_mb", "growth_mb"} and result["peak_mb"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "ptncn,nope", "--tokens", "10"], "unknown model 'nope'"),
+    (["--models", "ptncn,ptncn", "--tokens", "10"], "distinct"),
+    (["--models", "lstm"], "give the budget"),
+    (["--models", "lstm", "--tokens", "0"], "the budget must be positive"),
+    (["--models", "lstm", "--tokens", "10", "--bptt", "0"], "--bptt must be full or a positive number"),
+    (["--models", "lstm", "--tokens", "10", "--set", "lstm:foo=1"], "lstm has no option 'foo'"),
+    (["--models", "lstm", "--tokens", "10", "--set", "gru:lr=1"], "'gru' is not one of --models"),
+    (["--models", "lstm", "--tokens", "10", "--set", "lstm"], "--set takes MODEL:KEY=VALUE"),
+    (["--models", "lstm", "--tokens", "10", "--hidden", "8,x"], "--hidden takes comma-separated integers"),
+    (["--models", "lstm", "--memory", "--tokens", "10"], "drop --minutes/--tokens"),
+    (["--models", "lstm", "--memory", "--lengths", "1,10"], "--lengths must be at least 2"),
+    (["--models", "lstm", "--tokens", "10", "--batch-size", "100000"], "larger than the data"),
+])
+def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
+    assert _compare(tiny, tmp_path / "x", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tncn compare: error:") and message in err[0]
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_refuses_to_overwrite_without_force(tiny, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    assert _compare(tiny, out, "--models", "lstm", "--tokens", "10") == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_comparison_in_child_processes(tiny, tmp_path):
+    out = tmp_path / "real"
+    assert _compare(tiny, out, "--models", ",".join(MODELS), "--tokens", "2000", "--points", "3") == 0
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["models"]) == MODELS
+    assert all(m["peak_memory_mb"] >= 0 for m in r["models"].values())
+
+
+@pytest.mark.slow
+def test_ptncn_memory_stays_flat_while_full_bptt_grows(tiny, tmp_path):
+    out = tmp_path / "mem"
+    assert _compare(tiny, out, "--memory", "--models", "ptncn,lstm", "--lengths", "100,3000", "--hidden", "64,64",
+                    "--batch-size", "16", "--match", "hidden") == 0
+    rows = {k: m["rows"] for k, m in json.loads((out / "memory.json").read_text())["models"].items()}
+    assert rows["ptncn"]["3000"]["growth_mb"] < 10
+    assert rows["lstm"]["3000"]["growth_mb"] > 50
+    assert rows["lstm"]["3000"]["growth_mb"] > 5 * max(rows["lstm"]["100"]["growth_mb"], 1.0)
