@@ -5,7 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+# The tests use tiny tensors: one thread avoids OpenMP start-up and spin costs on a 2-core machine.
+torch.set_num_threads(1)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

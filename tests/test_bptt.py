@@ -24,15 +24,6 @@ from tncn.train import build_learner
 KINDS = ["rnn", "gru", "lstm", "elman"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add OpenMP waits on busy shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ids(T, B, V, seed=0):
     return torch.randint(0, V, (T, B), generator=torch.Generator().manual_seed(seed))
 

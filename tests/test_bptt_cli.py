@@ -6,17 +6,8 @@ import json
 import random
 
 import pytest
-import torch
 
 from tncn.cli import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

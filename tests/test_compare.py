@@ -12,21 +12,12 @@ import math
 import random
 
 import pytest
-import torch
 
 from tncn.cli import main
 from tncn.commands import compare
 from tncn.temporal.bptt import n_params
 
 MODELS = ["ptncn", "lstm", "gru", "rnn"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

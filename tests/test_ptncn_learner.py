@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from sequences.batching import Batch, StreamBatches
@@ -16,14 +15,6 @@ from tncn.train import build_learner, evaluate
 
 V = 7
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one thread is fastest, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 OPTS = {"hidden": [6, 5], "optimizer": "nesterov", "lr": 0.075}
 

@@ -58,9 +58,13 @@ _LTANH_A, _LTANH_B = 1.7159, 2.0 / 3.0
 
 
 def _stochastic_binary(a: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Bernoulli(sigmoid(a)) samples in {0, 1}; reproducible through ``generator``."""
+    """Bernoulli(sigmoid(a)) samples in {0, 1}; reproducible through ``generator``.
+
+    The uniform draws come from the generator's own device (a CPU generator serves CUDA tensors too).
+    """
     p = torch.sigmoid(a)
-    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    device = generator.device if generator is not None else p.device
+    u = torch.rand(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device)
     return (u < p).to(a.dtype)
 
 
