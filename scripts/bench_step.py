@@ -23,7 +23,7 @@ from tncn.temporal.naive import naive_step, naive_zero_state
 
 def fast_runner(V, hidden, B):
     model = tncn.PTNCN(V, hidden)
-    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
     model.reset(B)
     gen = torch.Generator().manual_seed(0)
 
@@ -38,7 +38,7 @@ def fast_runner(V, hidden, B):
 def naive_runner(V, hidden, B):
     model = tncn.PTNCN(V, hidden)
     params = dict(model.named_parameters())
-    opt = torch.optim.SGD(params.values(), lr=0.075, momentum=0.95, nesterov=True)
+    opt = torch.optim.SGD(params.values(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
     state = naive_zero_state({k: p.detach() for k, p in params.items()}, len(hidden), B)
     gen = torch.Generator().manual_seed(0)
     mask = torch.ones(B)

@@ -37,7 +37,7 @@ def test_training_follows_the_per_step_recipe():
     learner = build_learner("ptncn", OPTS, V, seed=3)
     # the recipe by hand on an identically initialised model
     model = PTNCN(V, [6, 5], generator=torch.Generator().manual_seed(3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
     for batch in list(batches.epoch(0))[:3]:
         got = learner.train_segment(batch)
         if batch.reset:

@@ -121,7 +121,7 @@ def _detach(state):
 def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu", repeats=5) -> float:
     """Tokens/s of truncated-BPTT training (window ``window``, state carried, Adam)."""
     model = _RNNLM(cell, vocab, hidden, layers).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     gen = torch.Generator().manual_seed(0)
     windows = max(2, int(20 * 50 * 256 * 256 / (window * hidden * hidden)))
     data = torch.randint(0, vocab, (windows, window + 1, batch), generator=gen).to(device)

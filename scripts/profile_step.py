@@ -1,0 +1,58 @@
+"""Where the time of one P-TNCN training step goes: torch profiler table of the top operators.
+
+L = 2, batch 50, vocabulary 49, random ids, the reference optimizer (SGD, Nesterov, fused kernel).
+Prints milliseconds per step (process CPU time) and the operators sorted by their own time.
+
+    python scripts/profile_step.py --hidden 1000 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import tncn
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=1000)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--vocab", type=int, default=49)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--rows", type=int, default=12)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = tncn.PTNCN(args.vocab, [args.hidden] * args.layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
+    model.reset(args.batch)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, args.vocab, (args.steps + 3, args.batch), generator=gen)
+
+    def run(steps, offset=0):
+        for t in range(steps):
+            model.step(data[offset + t])
+            if model.local_updates():
+                opt.step()
+    run(3)
+    t0 = time.process_time()
+    run(args.steps, 3)
+    per_step = (time.process_time() - t0) / args.steps
+    model.reset(args.batch)
+    run(1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(args.steps, 1)
+    print(f"L = {args.layers}, H = {args.hidden}, batch {args.batch}, vocab {args.vocab}, "
+          f"{torch.get_num_threads()} threads: {per_step * 1e3:.2f} ms CPU per step, "
+          f"{args.batch / per_step:,.0f} tokens per CPU-second")
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    print("\n".join(line for line in table.splitlines() if "USDT" not in line))
+
+
+if __name__ == "__main__":
+    main()
