@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,13 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """The ../shared folder (skips the test when it is absent)."""
     return shared_path()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A text file of 400 short lines over 16 words (split 90/5/5 by the text loader)."""
+    rng = random.Random(0)
+    words = "the cat sat on a mat and then a dog ran to the red barn while birds sang".split()
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "\n" for _ in range(400)))
+    return path

@@ -3,20 +3,10 @@ end to end on a tiny corpus written here; bad input gives one line on stderr and
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from tncn.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the cat sat on a mat and then a dog ran to the red barn while birds sang".split()
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "\n" for _ in range(400)))
-    return path
 
 
 def _train(tiny, out, *extra):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 
@@ -18,16 +17,6 @@ from tncn.commands import compare
 from tncn.temporal.bptt import n_params
 
 MODELS = ["ptncn", "lstm", "gru", "rnn"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """400 short lines over 16 words: a 90/5/5 split of a text file."""
-    rng = random.Random(0)
-    words = "the cat sat on a mat and then a dog ran to the red barn while birds sang".split()
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "\n" for _ in range(400)))
-    return path
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ checkpoint stores, so a resumed run continues exactly where the saved one stoppe
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import time
@@ -97,6 +98,31 @@ def make_optimizer(name: str, lr: float, momentum: Optional[float] = None,
         raise UserError(f"momentum must be in [0, 1) (and positive for nesterov), got {momentum}")
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov",
                                           weight_decay=weight_decay, fused=True)
+
+
+class LazyOptimizer:
+    """The optimizer a learner's ``options`` name, built on first use (evaluation and sampling never
+    need it); its state can be saved and loaded before it exists."""
+
+    def __init__(self, options: dict, params: Callable[[], Iterable]):
+        self._new = make_optimizer(options["optimizer"], options["lr"], options["momentum"], options["weight_decay"])
+        self._params = params
+        self._opt: Optional[torch.optim.Optimizer] = None
+        self._pending: Optional[dict] = None  # a loaded state, applied when the optimizer is built
+
+    def get(self) -> torch.optim.Optimizer:
+        if self._opt is None:
+            self._opt = self._new(self._params())
+            if self._pending is not None:
+                self._opt.load_state_dict(self._pending)
+                self._pending = None
+        return self._opt
+
+    def state_dict(self) -> dict:
+        return self._pending if self._opt is None and self._pending is not None else self.get().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._opt, self._pending = None, copy.deepcopy(state)  # never share moment buffers
 
 
 # --------------------------------------------------------------------------- evaluation

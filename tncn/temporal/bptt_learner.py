@@ -30,7 +30,6 @@ any differentiable activation of ``tncn.layers``). Evaluation has no correction 
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -39,7 +38,7 @@ from torch import nn
 from tncn.errors import UserError
 from tncn.metrics import Tally, score_logits
 from tncn.temporal.bptt import build_model
-from tncn.train import make_optimizer
+from tncn.train import LazyOptimizer
 
 KINDS = ("rnn", "gru", "lstm", "elman")
 DEFAULTS = {"hidden": [256, 256], "input": "onehot", "embed": None, "bptt": "full", "clip_grad": 5.0,
@@ -96,21 +95,14 @@ class BPTTLearner:
                                      options.get("activation", "tanh"), generator).to(self.device)
         except ValueError as err:  # a bad width, input or activation
             raise UserError(str(err)) from None
-        self._new_opt = make_optimizer(options["optimizer"], options["lr"], options["momentum"], options["weight_decay"])
-        self._opt = None
-        self._opt_state = None  # a loaded optimizer state, applied when the optimizer is built
+        self._opt = LazyOptimizer(options, self.model.parameters)
         self._train: Optional[tuple] = None  # (state, pending id [B]) carried by training
         self._eval: Optional[tuple] = None   # the same for evaluation
 
     @property
     def opt(self) -> torch.optim.Optimizer:
         """The optimizer, built on first use (evaluation and sampling never need it)."""
-        if self._opt is None:
-            self._opt = self._new_opt(self.model.parameters())
-            if self._opt_state is not None:
-                self._opt.load_state_dict(self._opt_state)
-                self._opt_state = None
-        return self._opt
+        return self._opt.get()
 
     # ------------------------------------------------------------------ segments
 
@@ -186,12 +178,12 @@ class BPTTLearner:
             state, pending = self._train
             carry = {"state": None if state is None else [list(s) if isinstance(s, tuple) else [s] for s in state],
                      "pending": pending}
-        opt = self._opt_state if self._opt is None and self._opt_state is not None else self.opt.state_dict()
+        opt = self._opt.state_dict()
         return {"model": self.model.state_dict(), "optimizer": opt, "carry": carry}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
-        self._opt, self._opt_state = None, copy.deepcopy(d["optimizer"])  # never share moment buffers
+        self._opt.load_state_dict(d["optimizer"])
         carry, self._train, self._eval = d["carry"], None, None
         if carry is not None:
             state = carry["state"]

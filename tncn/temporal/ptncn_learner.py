@@ -15,7 +15,6 @@ some of them (see ``tncn.commands.train``).
 """
 from __future__ import annotations
 
-import copy
 import inspect
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from tncn.errors import UserError
 from tncn.metrics import Tally, score_logits
 from tncn.temporal.ptncn import PTNCN
-from tncn.train import make_optimizer
+from tncn.train import LazyOptimizer
 
 KIND = "ptncn"
 MODEL_KEYS = ("activation", "beta", "alpha", "gamma", "K", "e_rule", "hidden_prediction", "w_error",
@@ -55,9 +54,7 @@ class PTNCNLearner:
                                **{k: options[k] for k in MODEL_KEYS}).to(self.device)
         except ValueError as err:  # an impossible model option (K < 1, a bad clip, ...)
             raise UserError(str(err)) from None
-        self._new_opt = make_optimizer(options["optimizer"], options["lr"], options["momentum"], options["weight_decay"])
-        self._opt = None
-        self._opt_state = None  # a loaded optimizer state, applied when the optimizer is built
+        self._opt = LazyOptimizer(options, self.model.parameters)
         self._mode = "train"
         self._stash = None  # (carried training state, generator state) while evaluating or sampling
 
@@ -66,12 +63,7 @@ class PTNCNLearner:
     @property
     def opt(self) -> torch.optim.Optimizer:
         """The optimizer, built on first use (evaluation and sampling never need it)."""
-        if self._opt is None:
-            self._opt = self._new_opt(self.model.parameters())
-            if self._opt_state is not None:
-                self._opt.load_state_dict(self._opt_state)
-                self._opt_state = None
-        return self._opt
+        return self._opt.get()
 
     def _enter(self, mode: str) -> None:
         """Switch between training and evaluation/sampling, keeping the training state aside."""
@@ -88,12 +80,12 @@ class PTNCNLearner:
 
     def state_dict(self) -> dict:
         carry, gen = (self.model.carry_state(), self.generator.get_state()) if self._mode == "train" else self._stash
-        opt = self._opt_state if self._opt is None and self._opt_state is not None else self.opt.state_dict()
+        opt = self._opt.state_dict()
         return {"model": self.model.state_dict(), "optimizer": opt, "carry": carry, "generator": gen}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
-        self._opt, self._opt_state = None, copy.deepcopy(d["optimizer"])  # never share moment buffers
+        self._opt.load_state_dict(d["optimizer"])
         self._mode, self._stash = "train", None
         self.model.load_carry_state(d["carry"])
         self.generator.set_state(d["generator"])
