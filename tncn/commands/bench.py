@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--repeats", type=int, default=5, help="timings per configuration; the median is reported")
     p.add_argument("--quick", action="store_true", help="H=256 only, T up to 1,000, no word level (a smoke run)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, all cores)")
     p.set_defaults(func=run)
 
 
@@ -25,6 +26,10 @@ def run(args) -> int:
         raise UserError("--device cuda was asked for but CUDA is not available on this machine")
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     result = bench.run_all(args.device, args.repeats, args.quick, progress=lambda m: print(m, flush=True))
     print()
     print(bench.format_table(result))
