@@ -1,0 +1,110 @@
+"""End-to-end tests of ``tncn classify`` (the learners of Ororbia & Mali, AAAI 2019, and their
+baselines on one MLP) on tiny IDX folders written here, and its one-line errors for bad input.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_path
+from tncn.cli import main
+from test_images import write_idx
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 3-class problem of 6x6 images: the class sets one row of pixels bright."""
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 240), ("t10k", 60)):
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
+        imgs[np.arange(n), labels * 2, :] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    return folder
+
+
+def classify(tiny, *extra):
+    return main(["classify", "--data", str(tiny), "--valid", "40", "--hidden", "12,12",
+                 "--batch-size", "20", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "lra-e"])
+def test_one_epoch_end_to_end_json(tiny, tmp_path, rule):
+    out = tmp_path / "r.json"
+    assert classify(tiny, "--rule", rule, "--epochs", "1", "--angles", "3", "--json", str(out),
+                    "--filters", str(tmp_path / "f.png")) == 0
+    r = json.loads(out.read_text())
+    for key in ("rule", "hidden", "activation", "epochs", "test_error", "valid_error", "train_seconds", "curve"):
+        assert key in r
+    assert r["rule"] == rule and r["hidden"] == [12, 12] and r["activation"] == "tanh" and r["epochs"] == 1
+    assert r["sizes"] == {"train": 200, "valid": 40, "test": 60}
+    assert 0.0 <= r["test_error"] <= 1.0 and r["train_seconds"] > 0
+    (point,) = r["curve"]
+    assert point["epoch"] == 1 and len(point["angles"]) == 3
+    assert point["angles"][-1] == pytest.approx(0.0, abs=1e-2)   # every rule's output update is exact
+    assert ("discrepancy" in point) == (rule == "lra-e")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learns_and_same_seed_same_result(tiny, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        assert classify(tiny, "--rule", "lra-e", "--activation", "sign", "--epochs", "3", "--seed", "5",
+                        "--lr", "0.01", "--out", str(tmp_path / name), "--json", str(out)) == 0
+        runs.append(json.loads(out.read_text()))
+    a, b = runs
+    assert a["test_error"] == b["test_error"] and a["test_error"] < 0.2
+    assert [p["train_loss"] for p in a["curve"]] == [p["train_loss"] for p in b["curve"]]
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"result.json", "filters.png", "model.pt"}
+    state = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    assert "E.0.weight" in state and "net.layers.0.weight" in state
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rule", "nope"], "unknown rule 'nope'; known: bp, fa, dfa, lra-e"),
+    (["--rule", "bp", "--activation", "sign"], "needs the derivative f'"),
+    (["--rule", "lra-e", "--activation", "sign", "--angles", "5"], "needs a differentiable activation"),
+    (["--rule", "fa", "--beta", "0.2"], "takes no option 'beta'"),
+    (["--rule", "bp", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--rule", "bp", "--activation", "swish"], "unknown activation 'swish'"),
+    (["--rule", "bp", "--epochs", "0"], "--epochs must be positive"),
+    (["--rule", "bp", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_options_one_line_exit_2(tiny, capsys, args, message):
+    assert classify(tiny, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("tncn classify: error:")
+
+
+def test_bad_data_one_line_exit_2(tmp_path, capsys):
+    assert main(["classify", "--rule", "bp", "--data", str(tmp_path / "absent")]) == 2
+    assert "unknown data" in capsys.readouterr().err
+    assert main(["classify", "--rule", "bp", "--data", "mnist", "--data-root", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"PK\x03\x04junk")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"PK\x03\x04junk")
+    assert main(["classify", "--rule", "bp", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an IDX file" in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tiny, capsys):
+    assert classify(tiny, "--rule", "bp", "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_named_mnist_subset_one_epoch(tmp_path):
+    root = shared_path("data")
+    out = tmp_path / "m.json"
+    assert main(["classify", "--rule", "bp", "--data", "mnist", "--data-root", str(root), "--limit", "500",
+                 "--valid", "500", "--hidden", "32", "--epochs", "1", "--batch-size", "20", "--lr", "0.003", "--no-progress", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["data"] == "mnist" and r["sizes"] == {"train": 500, "valid": 500, "test": 10000}
+    assert r["test_error"] < 0.6

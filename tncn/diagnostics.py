@@ -1,0 +1,107 @@
+"""Diagnostics of the feedforward learning rules (DESIGN.md §5; Ororbia & Mali, AAAI 2019,
+arXiv 1805.11703, whose figures show the angle of LRA-E's updates against backprop's).
+
+- ``angle``: the angle in degrees between two tensors taken as flat vectors,
+  arccos(⟨u, v⟩ / (‖u‖ ‖v‖)); 90° for an all-zero tensor (no direction at all).
+- ``update_angles``: per layer, the angle between the weight update a rule wrote into
+  ``param.grad`` and the backprop gradient ∂L/∂W^l on the same batch.
+- ``local_discrepancy``: LRA-E's total local discrepancy Σ_{l<L} ‖e^l‖² (mean over the batch).
+- ``filter_grid`` / ``save_filters``: the first-layer weights W^1 as a grid of images, one per
+  hidden unit (a matplotlib ``Figure`` saved as PNG, no pyplot).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from tncn.learners.backprop import backprop_grads
+
+Tensor = torch.Tensor
+
+
+def angle(u: Tensor, v: Tensor) -> float:
+    """The angle between ``u`` and ``v`` in degrees (flattened); 90 when either is all zero."""
+    u, v = u.detach().flatten().double(), v.detach().flatten().double()
+    nu, nv = u.norm(), v.norm()
+    if nu == 0 or nv == 0:
+        return 90.0
+    cos = torch.clamp((u @ v) / (nu * nv), -1.0, 1.0)
+    return math.degrees(math.acos(cos.item()))
+
+
+def update_angles(learner, x: Tensor, y: Tensor) -> list[float]:
+    """Per layer, the angle between ``W.grad`` (the rule's last update) and backprop's ∂L/∂W on (x, y).
+
+    Call it right after ``learner.step(x, y)``; ``param.grad`` is read, not changed.
+    Needs a differentiable hidden activation (backprop's gradient does not exist otherwise).
+    """
+    net = learner.net
+    if net.act is not None and not net.act.differentiable:
+        raise ValueError(f"angles against backprop need a differentiable activation, not {net.act.name!r}")
+    params = list(net.parameters())
+    grads, _ = backprop_grads(net, x, y)
+    reference = {id(p): g for p, g in zip(params, grads)}
+    out = []
+    for layer in net.layers:
+        w = layer.weight
+        if w.grad is None:
+            raise ValueError("no update in weight.grad: call learner.step(x, y) first")
+        out.append(angle(w.grad, reference[id(w)]))
+    return out
+
+
+def local_discrepancy(learner, x: Tensor, y: Tensor) -> float:
+    """Σ_{l<L} ‖e^l‖² of LRA-E's local errors on (x, y), averaged over the batch (no update made)."""
+    _, errors, _ = learner.local_errors(x, y)
+    return float(sum((e * e).sum(1).mean() for e in errors[:-1]))
+
+
+def filter_grid(weight: Tensor, shape: Optional[tuple[int, int]] = None, count: int = 100) -> np.ndarray:
+    """The first ``count`` columns of ``weight`` [n_in, n_units] as images tiled in a square grid.
+
+    Each filter is scaled to [0, 1] on its own (max |w| maps to 0 or 1, zero to 0.5); the
+    image shape defaults to the square √n_in × √n_in. Tiles are separated by one-pixel lines of 0.5.
+    """
+    w = weight.detach().float().cpu().numpy()
+    n_in, n_units = w.shape
+    if shape is None:
+        side = int(round(math.sqrt(n_in)))
+        if side * side != n_in:
+            raise ValueError(f"inputs of size {n_in} are not square images; give shape=(rows, cols)")
+        shape = (side, side)
+    rows_px, cols_px = shape
+    if rows_px * cols_px != n_in:
+        raise ValueError(f"shape {shape} does not hold {n_in} inputs")
+    count = min(count, n_units)
+    cols = int(math.ceil(math.sqrt(count)))
+    rows = int(math.ceil(count / cols))
+    grid = np.full((rows * (rows_px + 1) + 1, cols * (cols_px + 1) + 1), 0.5, dtype=np.float32)
+    for k in range(count):
+        f = w[:, k]
+        scale = np.abs(f).max()
+        img = 0.5 + 0.5 * f / scale if scale > 0 else np.full(n_in, 0.5)
+        r, c = divmod(k, cols)
+        grid[1 + r * (rows_px + 1):1 + r * (rows_px + 1) + rows_px,
+             1 + c * (cols_px + 1):1 + c * (cols_px + 1) + cols_px] = img.reshape(rows_px, cols_px)
+    return grid
+
+
+def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int = 100) -> Path:
+    """Write ``filter_grid(weight)`` as a grey-scale PNG at ``path``; return the path."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    grid = filter_grid(weight, shape, count)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + (0.4 if title else 0)))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path

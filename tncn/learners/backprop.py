@@ -1,0 +1,43 @@
+"""Back-propagation of errors (Rumelhart, Hinton & Williams 1986) by autograd: the reference rule.
+
+∂L/∂W^l of the mean cross-entropy L, computed by ``torch.autograd.grad`` and written into
+``param.grad`` (assigned, not accumulated, like every other rule). The hidden activation must have
+a derivative: sign and step units have f′ = 0 almost everywhere, so backprop is refused for them
+rather than silently training only the output layer.
+"""
+from __future__ import annotations
+
+import torch
+
+from tncn.learners.base import Learner, require_derivative
+
+Tensor = torch.Tensor
+
+
+def backprop_grads(net, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The gradients of the mean cross-entropy for ``list(net.parameters())``, and the loss.
+
+    Leaves ``param.grad`` untouched (used by the angle diagnostics as the reference direction).
+    """
+    params = list(net.parameters())
+    with torch.enable_grad():
+        loss = torch.nn.functional.cross_entropy(net.logits(x), y)
+        grads = torch.autograd.grad(loss, params)
+    return list(grads), loss.detach()
+
+
+class Backprop(Learner):
+    """Exact gradients of the mean cross-entropy by autograd."""
+
+    name = "bp"
+
+    def __init__(self, net):
+        require_derivative(net, self.name)
+        super().__init__(net)
+
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """Write ∂L/∂θ into ``θ.grad`` for every parameter θ of the network; return L."""
+        grads, loss = backprop_grads(self.net, x, y)
+        for p, g in zip(self.net.parameters(), grads):
+            p.grad = g
+        return loss

@@ -1,0 +1,60 @@
+"""What every feedforward learning rule shares (DESIGN.md §3): a module that owns the network
+and the rule's own matrices, and writes each update into ``param.grad``.
+
+The update of every parameter plays the role of a gradient (the optimizer subtracts it), averaged
+over the batch as the gradient of the mean cross-entropy would be. The output error is the same
+for every rule: softmax with cross-entropy gives ∂L/∂a^L = (ŷ - y)/B.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tncn.layers import differentiable_activations
+
+Tensor = torch.Tensor
+
+
+class Learner(nn.Module):
+    """Base of the rules: ``step(x, y)`` fills ``param.grad`` for ``parameters()`` and returns the loss.
+
+    ``parameters()`` holds the network's weights and any learned matrices of the rule (LRA-E's E),
+    so ``optimizer = torch.optim.X(learner.parameters())`` trains all of them; fixed random
+    feedback matrices are buffers (in ``state_dict``, moved by ``.to(device)``, never trained).
+    """
+
+    name = "?"
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def require_derivative(net, rule: str) -> None:
+    """Refuse a network whose hidden activation has no derivative f′ (sign, step, ...)."""
+    act = net.act
+    if act is not None and not act.differentiable:
+        raise ValueError(
+            f"rule {rule!r} needs the derivative f' of the activation and {act.name!r} has none; "
+            f"use lra-e, or one of {', '.join(a for a in differentiable_activations() if a != 'softmax')}"
+        )
+
+
+def output_error(logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-example output error ŷ - onehot(y) and the mean cross-entropy loss."""
+    e = probs.clone()
+    e[torch.arange(len(y), device=y.device), y] -= 1.0
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    return e, loss
+
+
+def write_layer_grads(net, h_s: list[Tensor], deltas: list[Tensor]) -> None:
+    """Set ∂W^l = h^{l-1ᵀ} δ^l / B and ∂b^l = Σ_batch δ^l / B for every layer l."""
+    batch = h_s[0].shape[0]
+    for layer, h_in, delta in zip(net.layers, h_s[:-1], deltas):
+        layer.weight.grad = (h_in.T @ delta) / batch
+        if layer.bias is not None:
+            layer.bias.grad = delta.sum(0) / batch

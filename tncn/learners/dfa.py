@@ -1,0 +1,60 @@
+"""Direct feedback alignment (Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural
+Networks", NeurIPS 2016).
+
+The output error reaches every hidden layer directly through a fixed random matrix B^l
+[n_classes, n_l] (DESIGN.md §5), computed explicitly under ``torch.no_grad()`` (no backward hooks):
+
+    δ^L = ŷ - y,    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
+    ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
+
+With one hidden layer DFA and FA coincide. The B are buffers (``tncn.layers.Feedback``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tncn.layers import Feedback
+from tncn.learners.base import Learner, output_error, require_derivative, write_layer_grads
+
+Tensor = torch.Tensor
+
+
+class DirectFeedbackAlignment(Learner):
+    """DFA. ``feedback[l-1]`` carries the output error to hidden layer l: shape [n_classes, n_l].
+
+    Args:
+        net: a ``tncn.mlp.MLP`` with a differentiable hidden activation.
+        feedback_std: standard deviation of the entries of B^l; ``None`` takes 1/√n_l.
+        seed: seeds the draw of the feedback matrices.
+    """
+
+    name = "dfa"
+
+    def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
+        require_derivative(net, self.name)
+        super().__init__(net)
+        gen = torch.Generator().manual_seed(int(seed))
+        dev = net.layers[0].weight.device
+        n_classes = net.layers[-1].n_out
+        self.feedback = nn.ModuleList(
+            Feedback(n_classes, layer.n_out, learned=False,
+                     std=(1.0 / math.sqrt(layer.n_out)) if feedback_std is None else feedback_std,
+                     generator=gen).to(dev)
+            for layer in net.layers[:-1]
+        )
+
+    @torch.no_grad()
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """Write the DFA update into ``param.grad``; return the mean cross-entropy."""
+        a_s, h_s = self.net.forward_all(x)
+        e, loss = output_error(a_s[-1], h_s[-1], y)
+        deltas = [
+            layer.act.backward(a, h, back(e))
+            for layer, back, a, h in zip(self.net.layers[:-1], self.feedback, a_s[:-1], h_s[1:-1])
+        ]
+        write_layer_grads(self.net, h_s, deltas + [e])
+        return loss

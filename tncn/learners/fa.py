@@ -1,0 +1,60 @@
+"""Random feedback alignment (Lillicrap, Cownden, Tweed & Akerman, Nature Communications 2016).
+
+Backprop's backward pass with each transposed forward weight (W^{l+1})ᵀ replaced by a fixed random
+matrix B^{l+1} of the same shape (DESIGN.md §5), computed explicitly under ``torch.no_grad()``:
+
+    δ^L = ŷ - y,    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
+    ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
+
+With B^{l+1} = (W^{l+1})ᵀ this is exactly backprop. The B are buffers (``tncn.layers.Feedback``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tncn.layers import Feedback
+from tncn.learners.base import Learner, output_error, require_derivative, write_layer_grads
+
+Tensor = torch.Tensor
+
+
+class FeedbackAlignment(Learner):
+    """FA. ``feedback[i]`` carries the error from layer i+2 down to layer i+1: shape [n_{i+2}, n_{i+1}].
+
+    Args:
+        net: a ``tncn.mlp.MLP`` with a differentiable hidden activation.
+        feedback_std: standard deviation of the entries of B^{l+1}; ``None`` takes 1/√n_l,
+            the scale of the forward weights it stands in for.
+        seed: seeds the draw of the feedback matrices.
+    """
+
+    name = "fa"
+
+    def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
+        require_derivative(net, self.name)
+        super().__init__(net)
+        gen = torch.Generator().manual_seed(int(seed))
+        dev = net.layers[0].weight.device
+        self.feedback = nn.ModuleList(
+            Feedback(layer.n_out, layer.n_in, learned=False,
+                     std=(1.0 / math.sqrt(layer.n_in)) if feedback_std is None else feedback_std,
+                     generator=gen).to(dev)
+            for layer in net.layers[1:]
+        )
+
+    @torch.no_grad()
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """Write the FA update into ``param.grad``; return the mean cross-entropy."""
+        a_s, h_s = self.net.forward_all(x)
+        e, loss = output_error(a_s[-1], h_s[-1], y)
+        deltas = [e]
+        for layer, back, a, h in zip(
+            reversed(self.net.layers[:-1]), reversed(self.feedback), reversed(a_s[:-1]), reversed(h_s[1:-1])
+        ):
+            deltas.append(layer.act.backward(a, h, back(deltas[-1])))
+        write_layer_grads(self.net, h_s, deltas[::-1])
+        return loss

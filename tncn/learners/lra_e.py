@@ -1,0 +1,101 @@
+"""Error-driven local representation alignment, LRA-E (Ororbia & Mali, "Biologically Motivated
+Algorithms for Propagating Local Target Representations", AAAI 2019, arXiv 1805.11703).
+
+Each hidden layer gets a target computed top-down from the error of the layer above, carried by
+error weights E; its weights then move to reduce the local discrepancy between its activity and
+that target (DESIGN.md §5; the paper's Algorithm 1, with the output error of softmax and
+cross-entropy). Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l):
+
+    e^L = ŷ - y                                   (output error)
+    d^l = e^{l+1} E^{l+1}                         (E^{l+1}: [n_{l+1}, n_l])
+    y^l = f(a^l - β d^l),   e^l = h^l - y^l       (target and local error, l = L-1..1)
+    ∂W^l = h^{l-1ᵀ} e^l / B,   ∂b^l = Σ_batch e^l / B
+    ∂E^{l+1} = γ (∂W^{l+1})ᵀ                       (or E kept fixed)
+
+No derivative of f appears anywhere, so sign, step and stochastic binary units train. The total
+local discrepancy Σ_{l<L} ‖e^l‖² (mean over the batch) of the last step is kept in
+``discrepancy``. With plain SGD, E - γ Wᵀ never changes from its initial value; with Adam (which
+ignores a constant gradient scale, up to its ε) E - Wᵀ never changes: E = E₀ + (W - W₀)ᵀ. So the
+smaller E₀, the closer E comes to Wᵀ as W grows. Weight decay changes that.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tncn.layers import Feedback
+from tncn.learners.base import Learner, output_error, write_layer_grads
+
+Tensor = torch.Tensor
+
+
+class LRAE(Learner):
+    """LRA-E. ``E[i]`` carries the error of layer i+2 to a target for layer i+1: shape [n_{i+2}, n_{i+1}].
+
+    Args:
+        net: a ``tncn.mlp.MLP`` (any activation, differentiable or not).
+        beta: β, how far a target moves from the activity (0.1, the paper's value). With smooth
+            units each local error is about β·σ_E·√n times the one above (σ_E the scale of E,
+            n the width), so with the default E deep networks want a larger β: at β = 0.1 the
+            first of 8 layers of 256 gets updates near 1e-12 (scripts/compare_rules.py uses 0.3).
+            With sign units a large β sets off cascades of flipped targets.
+        gamma: γ, the factor of the error-weight update ∂E = γ ∂Wᵀ (1.0, the paper's value).
+        learn_e: learn E (a parameter) or keep it fixed at its random draw (a buffer).
+        e_std: standard deviation of the initial E^{l+1}; ``None`` takes 1/√n_l, the scale of the
+            forward weights W^{l+1} whose transpose E stands in for (the authors' code draws
+            E from N(0, 1); with sign units that scale sets off cascades of flipped targets).
+        seed: seeds the draw of E (and the samples of stochastic units).
+    """
+
+    name = "lra-e"
+
+    def __init__(self, net, beta: float = 0.1, gamma: float = 1.0, learn_e: bool = True,
+                 e_std: Optional[float] = None, seed: int = 0):
+        super().__init__(net)
+        self.beta, self.gamma, self.learn_e, self.seed = float(beta), float(gamma), bool(learn_e), int(seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        dev = net.layers[0].weight.device
+        self.E = nn.ModuleList(
+            Feedback(layer.n_out, layer.n_in, learned=self.learn_e,
+                     std=(1.0 / math.sqrt(layer.n_in)) if e_std is None else e_std, generator=gen).to(dev)
+            for layer in net.layers[1:]
+        )
+        self.discrepancy: Optional[Tensor] = None
+        self._sampler: Optional[torch.Generator] = None
+
+    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+        """A generator for stochastic units, on the data's device (None for deterministic ones)."""
+        act = self.net.act
+        if act is None or not act.needs_generator:
+            return None
+        if self._sampler is None or self._sampler.device != device:
+            self._sampler = torch.Generator(device=device).manual_seed(self.seed + 1)
+        return self._sampler
+
+    @torch.no_grad()
+    def local_errors(self, x: Tensor, y: Tensor):
+        """Forward pass and top-down targets: ``(h_s, errors, loss)`` with errors [e^1, ..., e^L]."""
+        gen = self._generator(x.device)
+        a_s, h_s = self.net.forward_all(x, gen)
+        e, loss = output_error(a_s[-1], h_s[-1], y)
+        errors = [e]
+        for layer, E, a, h in zip(
+            reversed(self.net.layers[:-1]), reversed(self.E), reversed(a_s[:-1]), reversed(h_s[1:-1])
+        ):
+            target = layer.act(a - self.beta * E(errors[-1]), gen)
+            errors.append(h - target)
+        return h_s, errors[::-1], loss
+
+    @torch.no_grad()
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """Write the LRA-E updates of W, b (and E) into ``param.grad``; return the mean cross-entropy."""
+        h_s, errors, loss = self.local_errors(x, y)
+        write_layer_grads(self.net, h_s, errors)
+        if self.learn_e:
+            for E, layer in zip(self.E, self.net.layers[1:]):
+                E.weight.grad = self.gamma * layer.weight.grad.T
+        self.discrepancy = sum((e * e).sum(1).mean() for e in errors[:-1]) if len(errors) > 1 else None
+        return loss

@@ -1,0 +1,199 @@
+"""A multilayer classifier built from the shared ``Dense`` layers, and a loop that fits it with any learner.
+
+The network of DESIGN.md §5 (row-vector layout, batch B): h^0 = x, a^l = h^{l-1} W^l + b^l,
+h^l = f(a^l) for the hidden layers l = 1..L-1, and a softmax output ŷ = softmax(a^L), trained on
+the mean cross-entropy (its gradient with respect to a^L is (ŷ - y)/B). The learning rules in
+``tncn.learners`` (backprop, FA, DFA, LRA-E; Ororbia & Mali, AAAI 2019, arXiv 1805.11703) all
+train this same network, so one word swaps the rule.
+
+``fit`` runs epochs of minibatch steps (``learner.step`` writes ``param.grad``, a stock
+``torch.optim`` optimizer applies it), validates after every epoch and can log the angle between
+each rule's update and the backprop gradient (``tncn.diagnostics``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tncn.layers import Dense, lookup
+
+Tensor = torch.Tensor
+
+
+class MLP(nn.Module):
+    """A feedforward classifier: ``sizes = [n_in, H_1, ..., H_{L-1}, n_classes]``.
+
+    Args:
+        sizes: layer widths, input first, classes last (at least two entries).
+        activation: f of every hidden layer (any name in ``tncn.layers.ACTIVATIONS``).
+        bias: give every layer a bias b^l (initialised to zero).
+        init: initialiser of the weights ("normal", "uniform", "orthogonal", "zeros").
+        std: standard deviation of the initial weights; ``None`` takes 1/√n_in per layer.
+        generator: a ``torch.Generator`` for the initial weights.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "tanh",
+        bias: bool = True,
+        init: str = "normal",
+        std: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) <= 0:
+            raise ValueError(f"an MLP needs at least an input and an output size, all positive; got {sizes}")
+        self.sizes = sizes
+        self.layers = nn.ModuleList(
+            Dense(
+                n_in, n_out,
+                activation=activation if l < len(sizes) - 2 else "softmax",
+                bias=bias, init=init,
+                std=(1.0 / math.sqrt(n_in)) if std is None else std,
+                generator=generator,
+            )
+            for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
+        )
+
+    @property
+    def act(self):
+        """The hidden activation (the output layer's is always softmax)."""
+        return self.layers[0].act if len(self.layers) > 1 else None
+
+    def forward_all(self, x: Tensor, generator: Optional[torch.Generator] = None):
+        """Pre-activations [a^1..a^L] and activations [h^0 = x, h^1, ..., h^L = ŷ]."""
+        a_s, h_s = [], [x]
+        for layer in self.layers:
+            a = layer.pre(h_s[-1])
+            a_s.append(a)
+            h_s.append(layer.act(a, generator))
+        return a_s, h_s
+
+    def logits(self, x: Tensor) -> Tensor:
+        """a^L, the input of the softmax."""
+        h = x
+        for layer in self.layers[:-1]:
+            h = layer(h)
+        return self.layers[-1].pre(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class probabilities ŷ."""
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+@torch.no_grad()
+def error_rate(net: MLP, x: Tensor, y: Tensor, batch_size: int = 2000) -> float:
+    """Fraction of rows of ``x`` whose most probable class differs from ``y``."""
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        wrong += (net.logits(x[i:i + batch_size]).argmax(-1) != y[i:i + batch_size]).sum().item()
+    return wrong / max(len(x), 1)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+OPTIMIZERS: dict[str, Callable] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "nesterov": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
+}
+"""Optimizers by name: plain SGD, SGD with momentum 0.9 (heavy ball or Nesterov), Adam, RMSprop."""
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` over ``params`` with learning rate ``lr``."""
+    return lookup(OPTIMIZERS, name, "optimizer")(params, lr)
+
+
+# --------------------------------------------------------------------------- training loop
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(
+    learner,
+    optimizer: torch.optim.Optimizer,
+    train: tuple[Tensor, Tensor],
+    valid: tuple[Tensor, Tensor],
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler=None,
+    angle_every: int = 0,
+    progress: Optional[bool] = None,
+    log: Callable[[str], None] = tqdm.write,
+) -> list[dict]:
+    """Train ``learner.net`` for ``epochs`` epochs; return the per-epoch curve.
+
+    Each epoch shuffles ``train`` with ``generator``, runs ``learner.step(x, y)`` then
+    ``optimizer.step()`` on every minibatch (the last, short one included), steps the scheduler
+    if any, and measures the validation error. With ``angle_every = k > 0`` the angle between
+    the rule's update and the backprop gradient is measured per layer on every k-th training
+    batch (before the optimizer step) and averaged over the epoch. ``seconds`` in the curve
+    counts the training steps only, not validation or diagnostics. ``progress``: a tqdm bar
+    (``None``: only when stderr is a terminal).
+    """
+    from tncn.diagnostics import update_angles  # diagnostics import this module
+
+    x_train, y_train = train
+    net = learner.net
+    device = x_train.device
+    n = len(x_train)
+    steps = math.ceil(n / batch_size)
+    curve = []
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        disc_sum = torch.zeros((), device=device)
+        angle_sums, angle_count, diag_seconds = None, 0, 0.0
+        _sync(device)
+        start = time.perf_counter()
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False,
+                   disable=None if progress is None else not progress)
+        for i in bar:
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            x, y = x_train[idx], y_train[idx]
+            loss = learner.step(x, y)
+            if angle_every and i % angle_every == 0:
+                _sync(device)
+                t0 = time.perf_counter()
+                angles = update_angles(learner, x, y)
+                angle_sums = angles if angle_sums is None else [s + a for s, a in zip(angle_sums, angles)]
+                angle_count += 1
+                diag_seconds += time.perf_counter() - t0
+            optimizer.step()
+            loss_sum += loss * len(idx)
+            if getattr(learner, "discrepancy", None) is not None:
+                disc_sum += learner.discrepancy * len(idx)
+        _sync(device)
+        seconds = time.perf_counter() - start - diag_seconds
+        if scheduler is not None:
+            scheduler.step()
+        train_loss = loss_sum.item() / n
+        point = dict(epoch=epoch, train_loss=train_loss, valid_error=error_rate(net, *valid), seconds=seconds)
+        if angle_sums is not None:
+            point["angles"] = [a / angle_count for a in angle_sums]
+        if getattr(learner, "discrepancy", None) is not None:
+            point["discrepancy"] = disc_sum.item() / n
+        curve.append(point)
+        extra = ""
+        if "angles" in point:
+            extra += " | angles to bp " + " ".join(f"{a:.0f}" for a in point["angles"]) + " deg"
+        if "discrepancy" in point:
+            extra += f" | discrepancy {point['discrepancy']:.4g}"
+        log(f"epoch {epoch}: loss {train_loss:.4f}, valid error {100 * point['valid_error']:.2f}% ({seconds:.1f} s){extra}")
+        if not math.isfinite(train_loss):
+            log(f"epoch {epoch}: the training loss is {train_loss}; stopping")
+            break
+    return curve
