@@ -58,12 +58,14 @@ def run(args) -> int:
     elapsed = time.perf_counter() - t0
     result = dict(
         checkpoint=str(saved.path), model=config["model"], step=saved.progress.step, data=data, split=args.split,
-        protocol=protocol, level=vocab.level, correction=correction, batch_size=batches.batch_size,
+        protocol=protocol, level=vocab.level, correction=correction and saved.learner.has_correction,
+        batch_size=batches.batch_size,
         bpc=tally.bpc, perplexity=tally.perplexity, accuracy=tally.accuracy, scored=tally.scored,
         tokens=batches.n_tokens, unknown=batches.unknown, elapsed_s=round(elapsed, 3))
     unit = "bits/char" if vocab.level == "char" else "bits/word"
     ppl = f", perplexity {tally.perplexity:.2f}" if vocab.level == "word" else ""
-    print(f"{args.split} split of {data} ({protocol} protocol, state correction {args.frozen_correction}): "
+    phase = f", state correction {args.frozen_correction}" if saved.learner.has_correction else ""
+    print(f"{args.split} split of {data} ({protocol} protocol{phase}): "
           f"{tally.bpc:.4f} {unit}{ppl}, accuracy {100 * tally.accuracy:.2f} %, {tally.scored:,} scored of "
           f"{batches.n_tokens:,} symbols, {batches.unknown:,} unknown to the model")
     if args.json:
