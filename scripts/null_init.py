@@ -8,7 +8,7 @@ predicts one class. FA and DFA send the error through their fixed random B, LRA-
 random E, so the first layer gets a nonzero update and the others follow.
 
 Each run is ``tncn classify --init zeros`` on MNIST with 3 hidden layers of 256, with the per-rule
-settings and protocol of ``scripts/compare_rules.py``; the table gives the test error and the
+settings and protocol of ``scripts/compare_rules.py`` (centred inputs for sign units); the table gives the test error and the
 Frobenius norm of each weight matrix after training (0.00 = never moved).
 
 Measured for docs/learners.md on a 2-core shared CPU machine (x86_64, torch 2.13 CPU), with::
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from compare_rules import PROTOCOL, SETTINGS  # noqa: E402
+from compare_rules import CENTER, PROTOCOL, SETTINGS  # noqa: E402
 from tncn.cli import main as tncn_main  # noqa: E402
 
 RUNS = [("bp", "tanh"), ("fa", "tanh"), ("dfa", "tanh"), ("lra-e", "tanh"), ("lra-e", "sign")]
@@ -39,6 +39,8 @@ def run(rule, act, epochs, seed, out: Path, root) -> dict:
         argv = ["classify", "--rule", rule, "--data", "mnist", "--hidden", "256,256,256", "--activation", act,
                 "--init", "zeros", "--epochs", str(epochs), "--seed", str(seed), "--no-progress",
                 "--out", str(folder), *PROTOCOL, *SETTINGS[(rule, act)]]
+        if CENTER[act]:
+            argv.append("--center")
         if root:
             argv += ["--data-root", str(root)]
         print("tncn " + " ".join(argv), flush=True)

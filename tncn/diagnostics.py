@@ -97,11 +97,12 @@ def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int =
     grid = filter_grid(weight, shape, count)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + (0.4 if title else 0)))
+    scale = 2.0 / 100  # two screen pixels per weight at dpi 100
+    fig = Figure(figsize=(grid.shape[1] * scale, grid.shape[0] * scale + (0.4 if title else 0)))
     ax = fig.subplots()
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path

@@ -23,8 +23,6 @@ class Learner(nn.Module):
     feedback matrices are buffers (in ``state_dict``, moved by ``.to(device)``, never trained).
     """
 
-    name = "?"
-
     def __init__(self, net):
         super().__init__()
         self.net = net
