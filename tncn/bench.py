@@ -31,7 +31,8 @@ from torch import nn
 import tncn
 
 
-def _sync(device):
+def sync(device):
+    """Wait for queued CUDA work (a no-op on the CPU), so a timing or a memory peak is complete."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -39,12 +40,12 @@ def _sync(device):
 def _median_rate(fn, work: float, repeats: int, device) -> float:
     """Median of ``work / seconds`` over ``repeats`` calls of ``fn`` (after one warm-up call)."""
     fn()
-    _sync(device)
+    sync(device)
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         rates.append(work / (time.perf_counter() - t0))
     return statistics.median(rates)
 
@@ -156,7 +157,7 @@ def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device
     else:
         model = _RNNLM("lstm", vocab, hidden, 2).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    base = _peak_mb(device, reset=True)
+    base = peak_mb(device, reset=True)
     if kind == "ptncn":
         model.reset(batch)
         for t in range(T):
@@ -168,12 +169,13 @@ def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device
         loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
         loss.backward()
         opt.step()
-    _sync(device)
-    peak = _peak_mb(device)
+    sync(device)
+    peak = peak_mb(device)
     return peak, peak - base
 
 
-def _peak_mb(device, reset=False) -> float:
+def peak_mb(device, reset=False) -> float:
+    """Peak memory in MB so far (CUDA: allocated by torch; CPU: the process peak RSS); ``reset`` restarts it."""
     if torch.device(device).type == "cuda":
         if reset:
             torch.cuda.reset_peak_memory_stats()

@@ -15,7 +15,7 @@ input) < the sizing and ``--bptt`` < ``--set MODEL:KEY=VALUE`` (VALUE read as JS
 
 Writes ``DIR/results.json`` (per model: ``params``, ``hidden``, ``tokens_per_s``,
 ``peak_memory_mb`` (growth of the peak over the set-up: model built, data loaded; see
-``tncn.bench._peak_mb``), ``valid_bpc`` as a curve against training tokens and seconds,
+``tncn.bench.peak_mb``), ``valid_bpc`` as a curve against training tokens and seconds,
 ``test_bpc``), ``DIR/bpc_vs_time.png``, ``DIR/bpc_vs_tokens.png`` and ``DIR/table.md``, and prints
 the table. ``results.json`` is rewritten after each model, so an interrupted run keeps the finished ones.
 
@@ -189,7 +189,7 @@ def _import_optimizers() -> None:
 
 def train_one(task: dict) -> dict:
     """Train one model for the budget; its curve, speed, peak memory and test score."""
-    from tncn.bench import _peak_mb
+    from tncn.bench import peak_mb
 
     _, vocab, train, valid, test = _batches(task)
     device = runs.resolve_device(task["device"])
@@ -202,7 +202,7 @@ def train_one(task: dict) -> dict:
     spent = (lambda: p.train_s) if by_time else (lambda: p.tokens)
     curve = {"tokens": [], "seconds": [], "wall_seconds": [], "bpc": []}
     start = time.perf_counter()
-    base = _peak_mb(device, reset=True)
+    base = peak_mb(device, reset=True)
 
     def point():
         v = evaluate(learner, valid)
@@ -217,7 +217,7 @@ def train_one(task: dict) -> dict:
         if spent() < mark:
             fit(learner, train, valid, NEVER, progress=p, should_stop=lambda: spent() >= mark, bar=False)
         point()
-    peak = _peak_mb(device)
+    peak = peak_mb(device)
     t = evaluate(learner, test)
     return dict(kind=task["kind"], options=task["options"], params=_n_params(learner),
                 hidden=list(task["options"]["hidden"]), tokens=p.tokens, steps=p.step, train_s=round(p.train_s, 3),
@@ -230,7 +230,7 @@ def memory_one(task: dict) -> dict:
     """Peak memory of one training pass over one sequence of ``T`` random ids (after a warm-up
     pass, so that gradients and optimizer state already exist)."""
     from sequences.batching import Batch
-    from tncn.bench import _peak_mb, _sync
+    from tncn.bench import peak_mb, sync
 
     device = runs.resolve_device(task["device"])
     gen = torch.Generator().manual_seed(task["seed"])
@@ -244,10 +244,10 @@ def memory_one(task: dict) -> dict:
 
     learner.train_segment(batch(3))
     data = batch(task["T"])
-    base = _peak_mb(device, reset=True)
+    base = peak_mb(device, reset=True)
     learner.train_segment(data)
-    _sync(device)
-    peak = _peak_mb(device)
+    sync(device)
+    peak = peak_mb(device)
     return {"peak_mb": round(peak, 1), "growth_mb": round(peak - base, 1)}
 
 
