@@ -106,6 +106,10 @@ def _check(value, choices, what):
 
 def canonical(data: str) -> str:
     """``data`` with a local path made absolute, so that a saved run can be read from any folder."""
+    from sequences import video
+
+    if video.is_video(data):
+        return video.canonical(data)
     for prefix in ("ptb-char:", "ptb-word:"):
         if data.startswith(prefix) and len(data) > len(prefix):
             return prefix + str(Path(data[len(prefix):]).expanduser().resolve())

@@ -47,7 +47,7 @@ def _train(learner, batches, epochs=1):
     for e in range(epochs):
         for b in batches.epoch(e):
             t = learner.train_segment(b)
-            out.append((t.bits, t.scored, t.correct))
+            out.append((t.total, t.scored, t.correct))
     return out
 
 
@@ -132,11 +132,11 @@ def test_kernel_rnn_and_dense_elman_learners_agree():
     for batches in (_stream(V), _lines(V)):
         for a, b in zip(batches.epoch(None), batches.epoch(None)):
             ta, tb = kern.eval_segment(a), elman.eval_segment(b)
-            assert (ta.scored, ta.correct) == (tb.scored, tb.correct) and ta.bits == pytest.approx(tb.bits, rel=1e-5)
+            assert (ta.scored, ta.correct) == (tb.scored, tb.correct) and ta.total == pytest.approx(tb.total, rel=1e-5)
     before_k, before_e = _params(kern), _params(elman)
     batch = next(_lines(V).epoch(0))
     ta, tb = kern.train_segment(batch), elman.train_segment(batch)
-    assert ta.bits == pytest.approx(tb.bits, rel=1e-5)
+    assert ta.total == pytest.approx(tb.total, rel=1e-5)
     dk = {n: p.detach() - q for (n, p), q in zip(k.named_parameters(), before_k)}
     de = {n: p.detach() - q for (n, p), q in zip(e.named_parameters(), before_e)}
     for l in range(2):
@@ -195,7 +195,7 @@ def test_truncated_windows_equal_the_classic_loop_across_batches():
         nats.mean().backward()
         opt.step()
         state = tuple(s.detach() for s in state)
-    assert got[0].bits + got[1].bits == pytest.approx(bits, rel=1e-5)
+    assert got[0].total + got[1].total == pytest.approx(bits, rel=1e-5)
     assert got[0].scored + got[1].scored == 12 * B
     for l, layer in enumerate(learner.model.layers):
         torch.testing.assert_close(layer.weight_hh_l0, getattr(lstm, f"weight_hh_l{l}"), rtol=1e-4, atol=1e-6)
@@ -229,7 +229,7 @@ def test_resume_from_state_dict_equals_uninterrupted_and_eval_changes_nothing(ki
     second = build_learner(kind, {"hidden": [6, 4], "lr": 0.01}, 9, seed=99)
     second.load_state_dict(torch.load(buf, weights_only=True))
     got += [second.train_segment(b) for b in batches[5:]]
-    assert [(t.bits, t.scored, t.correct) for t in got] == [(t.bits, t.scored, t.correct) for t in expected]
+    assert [(t.total, t.scored, t.correct) for t in got] == [(t.total, t.scored, t.correct) for t in expected]
     for p, q in zip(_params(second), _params(straight)):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 

@@ -105,7 +105,7 @@ def test_memory_mode_writes_table_and_plot(tiny, tmp_path, in_process, capsys):
 
 
 def _memory_task():
-    return dict(task="memory", kind="gru", options={"hidden": [4]}, T=6, vocab=5, batch_size=2, seed=0,
+    return dict(task="memory", kind="gru", options={"hidden": [4]}, T=6, vocab=5, level="char", batch_size=2, seed=0,
                 threads=1, device="cpu")
 
 

@@ -53,7 +53,7 @@ def test_training_follows_the_per_step_recipe():
             if model.local_updates():
                 opt.step()
         assert got.scored == scored
-        assert math.isclose(got.bits, bits, rel_tol=1e-5)
+        assert math.isclose(got.total, bits, rel_tol=1e-5)
     assert same(weights(learner), model.state_dict())
 
 
@@ -63,7 +63,7 @@ def test_a_zero_model_scores_log2_V_per_symbol_and_eval_changes_nothing():
     before = weights(learner)
     tally = evaluate(learner, batches)
     assert tally.scored == 120 - 3
-    assert math.isclose(tally.bits, tally.scored * math.log2(V), rel_tol=1e-6)
+    assert math.isclose(tally.total, tally.scored * math.log2(V), rel_tol=1e-6)
     off = evaluate(learner, batches, correction=False)
     assert same(before, weights(learner)) and off.scored == tally.scored
 
@@ -89,7 +89,7 @@ def test_validation_between_segments_leaves_training_unchanged():
         b.sample(torch.tensor([1, 2]), 5, 1.0, torch.Generator().manual_seed(0))
     assert ta == tb and same(weights(a), weights(b))
     on, off = evaluate(a, valid), evaluate(a, valid, correction=False)
-    assert on.scored == off.scored and on.bits != off.bits
+    assert on.scored == off.scored and on.total != off.total
 
 
 def test_state_dict_round_trip_continues_identically():

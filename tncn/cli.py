@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tncn", description="Temporal neural coding networks: train, evaluate and compare recurrent models without BPTT.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"tncn.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"tncn.commands.{name}":
-                continue  # sub-command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"tncn.commands.{name}").register(sub)
     return parser
 
 

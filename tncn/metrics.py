@@ -1,8 +1,12 @@
-"""Scores for sequence models: bits per symbol (BPC), perplexity, accuracy, the unigram baseline.
+"""Scores for sequence models: bits per symbol (BPC), perplexity, accuracy, BCE per frame, the
+unigram baseline.
 
-All scores come from the log-probability each model gives the observed symbol before seeing it:
-bits = -log2 p(x_t | x_<t); BPC = mean bits over scored symbols; perplexity = 2^BPC (reported for
-word models); accuracy = share of scored symbols that were the most probable prediction.
+All scores come from the prediction each model makes of an observation before seeing it.
+Symbols: bits = -log2 p(x_t | x_<t); BPC = mean bits over scored symbols; perplexity = 2^BPC
+(reported for word models); accuracy = share of scored symbols that were the most probable
+prediction. Frames (pixels in [0, 1], Bernoulli outputs p = sigmoid(logits)): the binary
+cross-entropy BCE = -Σ_pixels [x ln p + (1 - x) ln(1 - p)] in nats per frame, the video score of
+Srivastava et al. (2015) and Ororbia et al. (2020); mean over scored frames.
 The unigram baseline is what a model without context achieves: the entropy of the training
 symbol distribution, and the cross-entropy of another split under it (add-one smoothed).
 """
@@ -19,18 +23,24 @@ LN2 = math.log(2.0)
 
 @dataclass
 class Tally:
-    """Running sums over scored symbols: total bits, how many were scored, how many were top-1."""
+    """Running sums over scored observations: the summed loss (bits for symbols, BCE nats for
+    frames), how many were scored, how many symbols were top-1 (0 for frames)."""
 
-    bits: float = 0.0
+    total: float = 0.0
     scored: int = 0
     correct: int = 0
 
     def __add__(self, other: "Tally") -> "Tally":
-        return Tally(self.bits + other.bits, self.scored + other.scored, self.correct + other.correct)
+        return Tally(self.total + other.total, self.scored + other.scored, self.correct + other.correct)
+
+    @property
+    def mean(self) -> float:
+        """The loss per scored observation: BPC for symbols, BCE per frame for frames."""
+        return self.total / self.scored if self.scored else float("nan")
 
     @property
     def bpc(self) -> float:
-        return self.bits / self.scored if self.scored else float("nan")
+        return self.mean
 
     @property
     def perplexity(self) -> float:
@@ -41,7 +51,7 @@ class Tally:
         return self.correct / self.scored if self.scored else float("nan")
 
     def to_list(self) -> list:
-        return [self.bits, self.scored, self.correct]
+        return [self.total, self.scored, self.correct]
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +64,16 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor, score: torch.Tenso
     bits = torch.where(score, nats, torch.zeros_like(nats)).sum() / LN2
     hits = ((logp.argmax(dim=1) == targets) & score).sum()
     return bits, hits
+
+
+def score_frames(logits: torch.Tensor, frames: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE nats summed over the pixels of the scored rows of one step (and zero hits), as tensors.
+
+    logits [B, D] (before the sigmoid), frames [B, D] in [0, 1], score [B] bool.
+    """
+    nats = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), frames.float(), reduction="none").sum(1)
+    hits = torch.zeros((), dtype=torch.long, device=logits.device)
+    return torch.where(score, nats, torch.zeros_like(nats)).sum(), hits
 
 
 def unigram_entropy(counts: Sequence[int]) -> float:

@@ -1,11 +1,12 @@
 """Run folders of ``tncn train`` and loading a trained sequence model back.
 
 A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON object per
-validation, see ``tncn.train.fit``), ``checkpoint.pt`` and ``curves.png`` (BPC against training
-tokens and against wall time). The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds
-plain data only: ``config``, ``vocab`` (``Vocabulary.to_dict``), ``learner`` (the learner's
-state_dict: model, optimizer, carried state, its RNG), ``progress`` (``tncn.train.Progress``)
-and ``rng`` (the global torch RNG states).
+validation, see ``tncn.train.fit``), ``checkpoint.pt``, ``curves.png`` (the score against training
+tokens and against wall time) and, for video, ``frames.png`` (true and predicted frames of a test
+sequence). The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only:
+``config``, ``vocab`` (``Vocabulary.to_dict``, or ``FrameSpace.to_dict`` for video), ``learner``
+(the learner's state_dict: model, optimizer, carried state, its RNG), ``progress``
+(``tncn.train.Progress``) and ``rng`` (the global torch RNG states).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from typing import Optional
 
 import torch
 
+from sequences import text, video
 from sequences.vocab import Vocabulary
 from tncn import checkpoint
 from tncn.errors import UserError
 from tncn.train import Progress, build_learner, learner_module
 
 KIND = "sequence"
-FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, "curves.png")
+FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, "curves.png", "frames.png")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,6 +45,19 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def open_data(spec: str, config: dict):
+    """The data ``spec`` as a run with ``config`` reads it: a ``sequences.video.VideoData`` with the
+    run's frame settings for video specs, else a ``sequences.text.Corpus`` at the run's level (PTB
+    forms fix their own level)."""
+    if video.is_video(spec):
+        if config.get("level") not in (None, "frames"):
+            raise UserError(f"{spec} is video data and this model was trained on {config['level']} symbols")
+        return video.load(spec, config["frames"], config["frame_size"], config["glyphs"])
+    if config.get("level") == "frames":
+        raise UserError(f"{spec} is text and this model was trained on video frames")
+    return text.load(spec, None if spec.startswith(("ptb-char", "ptb-word")) else config.get("level"))
+
+
 def learner_options(config: dict) -> dict:
     """The learner's options out of a flat run config."""
     return {k: config[k] for k in learner_module(config["model"]).DEFAULTS}
@@ -53,7 +68,7 @@ class Run:
     """A trained sequence model loaded from a checkpoint."""
 
     config: dict
-    vocab: Vocabulary
+    vocab: object  # a Vocabulary, or a FrameSpace for video
     learner: object
     progress: Progress
     rng: dict
@@ -66,9 +81,11 @@ def load(path, device: Optional[str] = None) -> Run:
     data = checkpoint.load(path, KIND)
     where = checkpoint.resolve(path)
     try:
-        config, vocab = data["config"], Vocabulary.from_dict(data["vocab"])
+        config = data["config"]
+        frames = data["vocab"].get("level") == "frames"
+        vocab = (video.FrameSpace if frames else Vocabulary).from_dict(data["vocab"])
         device = resolve_device(device or config["device"])
-        learner = build_learner(config["model"], learner_options(config), len(vocab), device, config["seed"])
+        learner = build_learner(config["model"], learner_options(config), len(vocab), device, config["seed"], frames)
         learner.load_state_dict(data["learner"])
         progress = Progress.from_dict(data["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -116,17 +133,20 @@ def append_metric(out: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baseline: Optional[float] = None) -> None:
-    """``curves.png``: train and valid BPC against training tokens and against wall time."""
+def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baseline: Optional[float] = None,
+                metric: str = "bpc") -> None:
+    """``curves.png``: the train and valid score (``metric``: bpc or bce) against training tokens and
+    against wall time; ``baseline``: the no-context score (unigram entropy, mean-pixel BCE)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, key, label in zip(fig.subplots(1, 2), ("tokens", "elapsed_s"), ("training tokens", "wall time (s)")):
         x = [r[key] for r in records]
-        ax.plot(x, [r["train_bpc"] for r in records], "o-", label="train (running)")
-        ax.plot(x, [r["valid_bpc"] for r in records], "s-", label="valid")
+        ax.plot(x, [r[f"train_{metric}"] for r in records], "o-", label="train (running)")
+        ax.plot(x, [r[f"valid_{metric}"] for r in records], "s-", label="valid")
         if baseline is not None:
-            ax.axhline(baseline, color="gray", ls="--", lw=1, label="unigram entropy")
+            ax.axhline(baseline, color="gray", ls="--", lw=1,
+                       label="unigram entropy" if metric == "bpc" else "mean-pixel baseline")
         ax.set_xlabel(label)
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
@@ -134,3 +154,13 @@ def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baselin
     tmp = out / "curves.tmp.png"
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, out / "curves.png")
+
+
+def plot_frames(path: Path, learner, data, split: str = "test", index: int = 0, correction: bool = True) -> None:
+    """A PNG (a run's ``frames.png``) of sequence ``index`` of ``split`` of the video ``data`` and
+    ``learner``'s prediction of each frame, made before seeing it (weights frozen)."""
+    clip = data.sequence(split, index)
+    T, rows, cols = clip.shape
+    predicted = learner.predict_frames(torch.from_numpy(clip.reshape(T, -1)), correction=correction)
+    title = f"{learner.kind}: {data.source} {split} sequence {index}, true (top) and predicted (bottom)"
+    video.save_frames_png(path, clip, predicted.numpy().reshape(T, rows, cols), title=title)

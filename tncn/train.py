@@ -6,15 +6,19 @@ and keeps this protocol (the P-TNCN one is ``tncn.temporal.ptncn_learner.PTNCNLe
 ``kind: str``
     its registry name (a key of ``LEARNERS``), saved in checkpoints.
 ``options: dict``
-    JSON-able options that, with the vocabulary size, rebuild it: ``build_learner(kind, options,
-    vocab_size, device, seed)``; the keys are those of its module's ``DEFAULTS``.
+    JSON-able options that, with the observation size, rebuild it: ``build_learner(kind, options,
+    size, device, seed, frames)``; the keys are those of its module's ``DEFAULTS``.
+``frames: bool`` / ``metric: str``
+    whether it models token ids (``size`` = the vocabulary; metric ``"bpc"``, bits per symbol) or
+    video frames (``size`` = pixels per frame; metric ``"bce"``, binary cross-entropy per frame).
 ``has_correction: bool``
     whether it has a state-correction phase that evaluation can switch off.
 ``train_segment(batch) -> Tally``
-    learn from one ``sequences.batching.Batch`` (``tokens``/``mask``/``score`` [T, B], ``reset``):
+    learn from one ``sequences.batching.Batch`` (``tokens`` [T, B] ids or [T, B, D] frames,
+    ``mask``/``score`` [T, B], ``reset``):
     start from a zero state when ``batch.reset``, otherwise continue the training state carried
-    from the previous call. Returns the bits, count and top-1 hits (``tncn.metrics.Tally``) of the
-    predictions of the scored positions, each made before the learner saw that symbol (and before
+    from the previous call. Returns the summed loss (bits, or BCE nats for frames), count and top-1
+    hits (``tncn.metrics.Tally``) of the predictions of the scored positions, each made before the learner saw that symbol (and before
     it learned from it). Batches live on the CPU (the learner moves them to its device); ``mask``
     is float 1/0, and a 0 (padding) is no symbol at all: nothing learns from it or is driven by it.
 ``eval_segment(batch, correction=True) -> Tally``
@@ -25,18 +29,21 @@ and keeps this protocol (the P-TNCN one is ``tncn.temporal.ptncn_learner.PTNCNLe
 ``sample(prime, length, temperature, generator) -> LongTensor[length]``
     observe the ids ``prime`` (1-D, at least one), then draw ``length`` ids one at a time, each
     observed before the next is drawn (``temperature`` 0: the most probable id). Leaves the
-    training state untouched.
+    training state untouched. Symbols only.
+``predict_frames(frames, correction=True) -> Tensor``
+    the predictions [T, D] of one sequence of frames [T, D], each made before seeing its frame
+    (row 0 NaN), weights frozen. Frames only.
 ``state_dict() -> dict`` / ``load_state_dict(d)``
     everything that resuming needs: model weights, optimizer state, the carried training state,
     the learner's random state; tensors and plain containers only (``torch.load(weights_only)``).
 
 A new learner registers its module in ``LEARNERS``; the module defines ``DEFAULTS`` (option name
--> default) and ``build(options, vocab_size, device, seed)``. ``make_optimizer`` (the optimizer
+-> default) and ``build(options, size, device, seed, frames)``. ``make_optimizer`` (the optimizer
 options ``optimizer``, ``lr``, ``momentum``, ``weight_decay``) is shared.
 
 ``fit`` runs the loop: batches from ``sequences.batching`` (``epoch(e, start)``), a budget in
-steps (training batches), epochs or minutes, a validation pass every ``eval_every`` steps and at
-the end, a tqdm bar with tokens/s and running BPC. Its ``Progress`` is plain data that a
+steps (training batches), epochs, minutes or tokens, a validation pass every ``eval_every`` steps
+and at the end, a tqdm bar with tokens/s and the running score. Its ``Progress`` is plain data that a
 checkpoint stores, so a resumed run continues exactly where the saved one stopped.
 """
 from __future__ import annotations
@@ -56,6 +63,8 @@ from tncn.metrics import Tally
 LEARNERS = {"ptncn": "tncn.temporal.ptncn_learner", "rnn": "tncn.temporal.bptt_rnn", "gru": "tncn.temporal.bptt_gru",
             "lstm": "tncn.temporal.bptt_lstm", "elman": "tncn.temporal.bptt_elman"}
 OPTIMIZERS = ("sgd", "nesterov", "adam")
+BUDGET_KEYS = ("steps", "epochs", "minutes", "tokens")
+UNITS = {"bpc": "bits/symbol", "bce": "nats BCE/frame"}
 
 
 def learner_module(kind: str):
@@ -64,13 +73,14 @@ def learner_module(kind: str):
     return importlib.import_module(LEARNERS[kind])
 
 
-def build_learner(kind: str, options: dict, vocab_size: int, device="cpu", seed: int = 0):
-    """A fresh learner of registry name ``kind`` (options missing from ``options`` take defaults)."""
+def build_learner(kind: str, options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False):
+    """A fresh learner of registry name ``kind`` (options missing from ``options`` take defaults)
+    for token ids (``size``: the vocabulary size) or frames (``size``: pixels per frame)."""
     module = learner_module(kind)
     unknown = set(options) - set(module.DEFAULTS)
     if unknown:
         raise UserError(f"options {', '.join(sorted(unknown))} do not apply to model {kind}")
-    return module.build({**module.DEFAULTS, **options}, vocab_size, device, seed)
+    return module.build({**module.DEFAULTS, **options}, size, device, seed, frames)
 
 
 def make_optimizer(name: str, lr: float, momentum: Optional[float] = None,
@@ -162,16 +172,18 @@ def generate(learner, vocab, prime: str, length: int, temperature: float = 1.0, 
 
 @dataclass
 class Budget:
-    """When training stops: after ``steps`` batches, ``epochs`` passes, or ``minutes`` of wall time."""
+    """When training stops: after ``steps`` batches, ``epochs`` passes, ``minutes`` of wall time
+    or ``tokens`` real training symbols (frames for video)."""
 
     steps: Optional[int] = None
     epochs: Optional[int] = None
     minutes: Optional[float] = None
+    tokens: Optional[int] = None
 
     def __post_init__(self):
-        given = [v for v in (self.steps, self.epochs, self.minutes) if v is not None]
+        given = [v for v in (self.steps, self.epochs, self.minutes, self.tokens) if v is not None]
         if len(given) != 1:
-            raise UserError("give exactly one of --steps, --epochs, --minutes")
+            raise UserError(f"give exactly one of {', '.join('--' + k for k in BUDGET_KEYS)}")
         if not given[0] > 0:
             raise UserError(f"the training budget must be positive, got {given[0]}")
 
@@ -183,6 +195,8 @@ class Budget:
             return p.step >= self.steps
         if self.epochs is not None:
             return p.epoch >= self.epochs
+        if self.tokens is not None:
+            return p.tokens >= self.tokens
         return p.elapsed_s >= 60.0 * self.minutes
 
 
@@ -219,7 +233,8 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
 
     Each validation appends a record (``step``, ``epoch``, ``tokens``, ``elapsed_s``,
     ``train_bpc`` over the batches since the previous record, ``valid_bpc``,
-    ``valid_accuracy``, ``tokens_per_s`` of training since the previous record; ``final`` on the
+    ``valid_accuracy``, ``tokens_per_s`` of training since the previous record; for a frame
+    learner ``train_bce`` and ``valid_bce`` in place of the BPC and accuracy keys; ``final`` on the
     end-of-run record when it falls between periodic ones) and calls ``on_record(record,
     progress)``. ``should_stop`` is asked between batches (e.g. after Ctrl-C). Returns the progress
     and whether the run was stopped early (then without a final validation).
@@ -233,6 +248,7 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
     pbar = tqdm(total=total, initial=p.step, disable=not bar, unit="step", dynamic_ncols=True, mininterval=1.0)
     session = (p.tokens, p.train_s)
     stopped = False
+    metric = learner.metric
 
     def record(final: bool) -> None:
         running = Tally(*p.running)
@@ -240,8 +256,10 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
         p.elapsed_s = time.perf_counter() - clock
         dt = p.train_s - p.mark[1]
         rec = dict(step=p.step, epoch=round(p.epoch + p.batch / per_epoch, 4), tokens=p.tokens,
-                   elapsed_s=round(p.elapsed_s, 3), train_bpc=running.bpc, valid_bpc=v.bpc,
-                   valid_accuracy=v.accuracy, tokens_per_s=round((p.tokens - p.mark[0]) / dt, 1) if dt > 0 else None)
+                   elapsed_s=round(p.elapsed_s, 3), **{f"train_{metric}": running.mean, f"valid_{metric}": v.mean})
+        if metric == "bpc":
+            rec["valid_accuracy"] = v.accuracy
+        rec["tokens_per_s"] = round((p.tokens - p.mark[0]) / dt, 1) if dt > 0 else None
         if final:
             rec["final"] = True
         else:
@@ -249,7 +267,7 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
         p.records.append(rec)
         if on_record is not None:
             on_record(rec, p)
-        pbar.write(f"step {p.step}: train {running.bpc:.4f}  valid {v.bpc:.4f} bits/symbol  "
+        pbar.write(f"step {p.step}: train {running.mean:.4f}  valid {v.mean:.4f} {UNITS[metric]}  "
                    f"({p.tokens:,} tokens, {p.elapsed_s:.0f} s)", file=sys.stderr)
 
     try:
@@ -264,7 +282,7 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
                 p.running = (Tally(*p.running) + stats).to_list()
                 pbar.update(1)
                 rate = (p.tokens - session[0]) / max(p.train_s - session[1], 1e-9)
-                pbar.set_postfix_str(f"{rate:,.0f} tok/s, bpc {Tally(*p.running).bpc:.3f}", refresh=False)
+                pbar.set_postfix_str(f"{rate:,.0f} tok/s, {metric} {Tally(*p.running).mean:.3f}", refresh=False)
                 if eval_every and p.step % eval_every == 0:
                     record(final=False)
                 if should_stop():

@@ -13,11 +13,17 @@ and the one width whose parameter count is closest to P-TNCN's (its E matrices c
 options: its learner's defaults (P-TNCN: the reference ones; baselines: Adam 1e-3, full BPTT, one-hot
 input) < the sizing and ``--bptt`` < ``--set MODEL:KEY=VALUE`` (VALUE read as JSON when it parses).
 
+Video data (``--data bouncing-mnist`` ...; ``sequences.video``) works the same way, scored by
+the binary cross-entropy per frame (``bce``) in place of bits per symbol (``bpc``); frames count
+as tokens, and the baselines then read frames as they are (``--match params`` sizes them with the
+frame as input).
+
 Writes ``DIR/results.json`` (per model: ``params``, ``hidden``, ``tokens_per_s``,
 ``peak_memory_mb`` (growth of the peak over the set-up: model built, data loaded; see
-``tncn.bench.peak_mb``), ``valid_bpc`` as a curve against training tokens and seconds,
-``test_bpc``), ``DIR/bpc_vs_time.png``, ``DIR/bpc_vs_tokens.png`` and ``DIR/table.md``, and prints
-the table. ``results.json`` is rewritten after each model, so an interrupted run keeps the finished ones.
+``tncn.bench.peak_mb``), ``valid_bpc`` (``valid_bce``) as a curve against training tokens and
+seconds, ``test_bpc`` (``test_bce``)), ``DIR/bpc_vs_time.png``, ``DIR/bpc_vs_tokens.png``
+(``bce_vs_...`` for video) and ``DIR/table.md``, and prints the table. ``results.json`` is
+rewritten after each model, so an interrupted run keeps the finished ones.
 
 ``--memory``: instead, the peak memory of one training pass over a single sequence of each length
 in ``--lengths`` (random ids of the data's vocabulary, ``--batch-size`` rows) for each model, the
@@ -37,6 +43,7 @@ from pathlib import Path
 import torch
 
 from tncn import runs
+from tncn.commands import sizing
 from tncn.errors import UserError
 from tncn.train import Budget, Progress, build_learner, evaluate, fit, learner_module
 
@@ -55,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--protocol", choices=["lines", "stream"], default="stream", help="default stream")
     p.add_argument("--seq-len", type=int, default=100, help="segment length of the stream protocol (100)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences or parallel streams per batch (32)")
+    p.add_argument("--frames", type=int, default=20, help="video: frames per sequence (20)")
+    p.add_argument("--frame-size", type=int, default=64, help="video: side of the square frame in pixels (64)")
+    p.add_argument("--glyphs", type=int, default=2, help="video: moving glyphs per sequence (2)")
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated learners (default {DEFAULT_MODELS})")
     p.add_argument("--hidden", default="256,256", help="P-TNCN's widths, e.g. 1000,1000 (default 256,256)")
     p.add_argument("--match", choices=["params", "hidden"], default="params",
@@ -75,72 +85,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite the files in an existing --out")
     p.set_defaults(func=run)
-
-
-# --------------------------------------------------------------------------- options and sizes
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"{what} takes comma-separated integers, got {text!r}") from None
-    if min(values) <= 0:
-        raise UserError(f"{what} must be positive, got {text}")
-    return values
-
-
-def _parse_sets(items: list[str], models: list[str]) -> dict:
-    """``MODEL:KEY=VALUE`` items as {model: {key: value}}, each key checked against the learner."""
-    out = {m: {} for m in models}
-    for item in items:
-        model, _, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or not key:
-            raise UserError(f"--set takes MODEL:KEY=VALUE, got {item!r}")
-        if model not in out:
-            raise UserError(f"--set {item}: {model!r} is not one of --models ({', '.join(models)})")
-        if key not in learner_module(model).DEFAULTS:
-            raise UserError(f"--set {item}: {model} has no option {key!r}; its options: "
-                            f"{', '.join(learner_module(model).DEFAULTS)}")
-        try:
-            out[model][key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[model][key] = value
-    return out
-
-
-def _n_params(learner) -> int:
-    return sum(p.numel() for p in learner.model.parameters())
-
-
-def plan(models: list[str], vocab_size: int, hidden: list[int], match: str, bptt, sets: dict, seed: int = 0) -> tuple[dict, int]:
-    """Every model's options (checked by building it once) and P-TNCN's parameter count."""
-    from tncn.temporal.bptt import GATES, width_for_params
-
-    target = _n_params(build_learner("ptncn", {"hidden": hidden, **sets.get("ptncn", {})}, vocab_size, "cpu", seed))
-    options = {}
-    for kind in models:
-        defaults = learner_module(kind).DEFAULTS
-        opts = {"hidden": hidden} if kind == "ptncn" else {}
-        if kind != "ptncn" and bptt is not None:
-            if "bptt" not in defaults:
-                raise UserError(f"--bptt does not apply to model {kind}")
-            opts["bptt"] = bptt
-        opts.update(sets.get(kind, {}))
-        if "hidden" not in opts:
-            if match == "hidden":
-                opts["hidden"] = hidden
-            elif kind not in GATES:
-                raise UserError(f"--match params cannot size model {kind}; give it --set {kind}:hidden=[...]")
-            else:
-                merged = {**defaults, **opts}
-                width = width_for_params(kind, vocab_size, len(hidden), target, merged["input"], merged["embed"])
-                opts["hidden"] = [width] * len(hidden)
-        opts = {**defaults, **opts}
-        build_learner(kind, opts, vocab_size, "cpu", seed)  # a bad option fails here, before any run
-        options[kind] = opts
-    return options, target
 
 
 # --------------------------------------------------------------------------- one model, in a child process
@@ -170,10 +114,8 @@ def run_task(task: dict) -> dict:
 
 
 def _batches(task: dict):
-    from sequences import text
-
-    corpus = text.load(task["data"], task["level"])
-    if task.get("valid_lines"):
+    corpus = runs.open_data(task["data"], task)
+    if task.get("valid_lines") and corpus.level != "frames":
         corpus.lines["valid"] = corpus.lines["valid"][:task["valid_lines"]]
     vocab = corpus.vocabulary(task["protocol"])
     args = (vocab, task["protocol"], task["batch_size"], task["seq_len"])
@@ -194,22 +136,23 @@ def train_one(task: dict) -> dict:
     _, vocab, train, valid, test = _batches(task)
     device = runs.resolve_device(task["device"])
     torch.manual_seed(task["seed"])
-    learner = build_learner(task["kind"], task["options"], len(vocab), device, task["seed"])
+    learner = build_learner(task["kind"], task["options"], len(vocab), device, task["seed"], vocab.level == "frames")
+    metric = learner.metric
     _import_optimizers()
     by_time = task["minutes"] is not None
     total = 60.0 * task["minutes"] if by_time else task["tokens"]
     p = Progress()
     spent = (lambda: p.train_s) if by_time else (lambda: p.tokens)
-    curve = {"tokens": [], "seconds": [], "wall_seconds": [], "bpc": []}
+    curve = {"tokens": [], "seconds": [], "wall_seconds": [], metric: []}
     start = time.perf_counter()
     base = peak_mb(device, reset=True)
 
     def point():
         v = evaluate(learner, valid)
         for key, value in (("tokens", p.tokens), ("seconds", round(p.train_s, 3)),
-                           ("wall_seconds", round(time.perf_counter() - start, 3)), ("bpc", v.bpc)):
+                           ("wall_seconds", round(time.perf_counter() - start, 3)), (metric, v.mean)):
             curve[key].append(value)
-        print(f"{task['kind']}: {p.tokens:,} tokens, {p.train_s:.0f} s of training: valid {v.bpc:.4f}", flush=True)
+        print(f"{task['kind']}: {p.tokens:,} tokens, {p.train_s:.0f} s of training: valid {v.mean:.4f}", flush=True)
 
     point()
     for i in range(1, task["points"] + 1):
@@ -219,11 +162,12 @@ def train_one(task: dict) -> dict:
         point()
     peak = peak_mb(device)
     t = evaluate(learner, test)
-    return dict(kind=task["kind"], options=task["options"], params=_n_params(learner),
+    return dict(kind=task["kind"], options=task["options"], params=sizing.n_params(learner),
                 hidden=list(task["options"]["hidden"]), tokens=p.tokens, steps=p.step, train_s=round(p.train_s, 3),
                 tokens_per_s=round(p.tokens / p.train_s, 1) if p.train_s else None,
                 peak_memory_mb=round(peak - base, 1), peak_rss_mb=round(peak, 1),
-                valid_bpc=curve, test_bpc=t.bpc, test_accuracy=t.accuracy)
+                **{f"valid_{metric}": curve, f"test_{metric}": t.mean},
+                **({"test_accuracy": t.accuracy} if metric == "bpc" else {}))
 
 
 def memory_one(task: dict) -> dict:
@@ -234,13 +178,18 @@ def memory_one(task: dict) -> dict:
 
     device = runs.resolve_device(task["device"])
     gen = torch.Generator().manual_seed(task["seed"])
-    learner = build_learner(task["kind"], task["options"], task["vocab"], device, task["seed"])
+    frames = task["level"] == "frames"
+    learner = build_learner(task["kind"], task["options"], task["vocab"], device, task["seed"], frames)
 
     def batch(T):
         mask = torch.ones(T, task["batch_size"])
         score = mask.bool()
         score[0] = False
-        return Batch(torch.randint(0, task["vocab"], (T, task["batch_size"]), generator=gen), mask, score, reset=True)
+        if frames:
+            x = torch.rand(T, task["batch_size"], task["vocab"], generator=gen)
+        else:
+            x = torch.randint(0, task["vocab"], (T, task["batch_size"]), generator=gen)
+        return Batch(x, mask, score, reset=True)
 
     learner.train_segment(batch(3))
     data = batch(task["T"])
@@ -254,7 +203,7 @@ def memory_one(task: dict) -> dict:
 # --------------------------------------------------------------------------- the command
 
 def run(args) -> int:
-    from sequences import text
+    from sequences import text, video
     from tncn.metrics import unigram_entropy
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -262,7 +211,7 @@ def run(args) -> int:
         raise UserError(f"--models takes distinct comma-separated names, got {args.models!r}")
     for m in models:
         learner_module(m)
-    hidden = _ints(args.hidden, "--hidden")
+    hidden = sizing.ints(args.hidden, "--hidden")
     for name in ("batch_size", "seq_len", "points", "threads"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -276,19 +225,23 @@ def run(args) -> int:
             raise UserError(f"the budget must be positive, got {budget}")
     elif args.minutes is not None or args.tokens is not None:
         raise UserError("--memory measures one pass per length; drop --minutes/--tokens")
-    sets = _parse_sets(args.set, models)
+    sets = sizing.parse_sets(args.set, models)
     runs.resolve_device(args.device)
     out = Path(args.out)
     runs.check_out(out, resume=False, force=args.force)
 
     data = text.canonical(args.data)
-    corpus = text.load(data, args.level)
-    protocol = args.protocol
+    frames = video.is_video(data)
+    if frames and args.level:
+        raise UserError("--level applies to text; video is scored per frame")
+    shape = dict(frames=args.frames, frame_size=args.frame_size, glyphs=args.glyphs) if frames else {}
+    corpus = runs.open_data(data, dict(level="frames" if frames else args.level, **shape))
+    protocol = "sequences" if frames else args.protocol
     vocab = corpus.vocabulary(protocol)
-    options, target = plan(models, len(vocab), hidden, args.match, args.bptt, sets, args.seed)
+    options, target = sizing.plan(models, len(vocab), hidden, args.match, args.bptt, sets, args.seed, frames)
     common = dict(data=data, level=corpus.level, protocol=protocol, batch_size=args.batch_size,
                   seq_len=args.seq_len if protocol == "stream" else None, seed=args.seed,
-                  threads=args.threads, device=args.device)
+                  threads=args.threads, device=args.device, **shape)
     if args.memory:
         return _run_memory(args, out, models, options, len(vocab), common)
     for split in ("train", "valid", "test"):  # a batch size the data cannot fill fails here, in one line
@@ -297,8 +250,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = dict(**common, torch=torch.__version__, budget={"minutes": args.minutes} if args.minutes else
                   {"tokens": args.tokens}, match=args.match, ptncn_params=target, points=args.points,
-                  valid_lines=args.valid_lines, vocab_size=len(vocab),
-                  unigram_entropy=unigram_entropy(vocab.counts), models={})
+                  valid_lines=args.valid_lines, vocab_size=len(vocab), metric="bce" if frames else "bpc",
+                  baseline=corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts), models={})
     for kind in models:
         print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
         task = dict(common, task="train", kind=kind, options=options[kind], minutes=args.minutes,
@@ -314,7 +267,7 @@ def run(args) -> int:
 
 
 def _run_memory(args, out: Path, models: list, options: dict, vocab_size: int, common: dict) -> int:
-    lengths = _ints(args.lengths, "--lengths")
+    lengths = sizing.ints(args.lengths, "--lengths")
     if min(lengths) < 2:
         raise UserError("--lengths must be at least 2 (a sequence needs a symbol to predict)")
     out.mkdir(parents=True, exist_ok=True)
@@ -340,19 +293,26 @@ def _label(kind: str, m: dict) -> str:
     return f"{kind} ({','.join(map(str, m['hidden']))})"
 
 
+METRICS = {"bpc": ("BPC", "bits per symbol", "unigram entropy", "symbols"),
+           "bce": ("BCE/frame", "nats BCE per frame", "mean-pixel baseline", "frames")}
+"""metric -> (column name, axis label, name of the no-context baseline, what tokens are)."""
+
+
 def format_table(result: dict) -> str:
+    metric = result["metric"]
+    column, unit, baseline, tokens = METRICS[metric]
     budget = result["budget"]
-    what = f"{budget['minutes']:g} min of training" if "minutes" in budget else f"{budget['tokens']:,} training symbols"
+    what = f"{budget['minutes']:g} min of training" if "minutes" in budget else f"{budget['tokens']:,} training {tokens}"
     lines = [f"{result['data']}, {result['protocol']} protocol, batch {result['batch_size']}, {what} per model, "
              f"seed {result['seed']}, {result['threads']} thread(s) on {result['device']}; "
-             f"unigram entropy {result['unigram_entropy']:.3f} bits",
+             f"{baseline} {result['baseline']:.3f} {unit}",
              "",
-             "| model | widths | params | tokens | tokens/s | peak memory MB | valid BPC | test BPC |",
+             f"| model | widths | params | {tokens} | {tokens}/s | peak memory MB | valid {column} | test {column} |",
              "|---|---|---|---|---|---|---|---|"]
     for kind, m in result["models"].items():
         lines.append(f"| {kind} | {','.join(map(str, m['hidden']))} | {m['params']:,} | {m['tokens']:,} | "
-                     f"{m['tokens_per_s'] or 0:,.0f} | {m['peak_memory_mb']:,.1f} | {m['valid_bpc']['bpc'][-1]:.4f} | "
-                     f"{m['test_bpc']:.4f} |")
+                     f"{m['tokens_per_s'] or 0:,.0f} | {m['peak_memory_mb']:,.1f} | "
+                     f"{m[f'valid_{metric}'][metric][-1]:.4f} | {m[f'test_{metric}']:.4f} |")
     return "\n".join(lines)
 
 
@@ -363,18 +323,21 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_curves(out: Path, result: dict) -> None:
-    """``bpc_vs_time.png`` and ``bpc_vs_tokens.png``: validation BPC of every model."""
+    """``bpc_vs_time.png`` and ``bpc_vs_tokens.png`` (``bce_...`` for video): every model's
+    validation score."""
     from matplotlib.figure import Figure
 
-    for key, name, xlabel in (("seconds", "bpc_vs_time.png", "training time (s)"),
-                              ("tokens", "bpc_vs_tokens.png", "training symbols")):
+    metric = result["metric"]
+    _, unit, baseline, tokens = METRICS[metric]
+    for key, name, xlabel in (("seconds", f"{metric}_vs_time.png", "training time (s)"),
+                              ("tokens", f"{metric}_vs_tokens.png", f"training {tokens}")):
         fig = Figure(figsize=(6.5, 4.5), layout="constrained")
         ax = fig.subplots()
         for kind, m in result["models"].items():
-            ax.plot(m["valid_bpc"][key], m["valid_bpc"]["bpc"], "o-", ms=3, label=_label(kind, m))
-        ax.axhline(result["unigram_entropy"], color="gray", ls="--", lw=1, label="unigram entropy")
+            ax.plot(m[f"valid_{metric}"][key], m[f"valid_{metric}"][metric], "o-", ms=3, label=_label(kind, m))
+        ax.axhline(result["baseline"], color="gray", ls="--", lw=1, label=baseline)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation bits per symbol")
+        ax.set_ylabel(f"validation {unit}")
         ax.set_title(f"{Path(result['data']).name}, {result['protocol']} protocol", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()

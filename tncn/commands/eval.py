@@ -2,9 +2,14 @@
 
 Prints bits per symbol (BPC for characters; bits per word and perplexity for words), top-1
 accuracy and the counts of symbols, scored symbols and symbols unknown to the model's vocabulary
-(mapped to its unknown token and scored). ``--frozen-correction off`` scores without the
-state-correction phase (P-TNCN: the uncorrected hypothesis is carried); weights never change.
-``--json FILE`` writes the same numbers as one JSON object.
+(mapped to its unknown token and scored); for video, the binary cross-entropy per frame and per
+sequence. ``--data`` may name data the model never saw (another corpus; bouncing notMNIST for a
+bouncing-MNIST model): zero-shot adaptation (Ororbia et al. 2020, §V): with ``--frozen-correction
+on`` (default) P-TNCN still error-corrects its states with each observation after scoring it,
+``off`` carries the uncorrected hypothesis instead. Weights never change, and this is checked:
+every parameter and buffer is compared bit for bit before and after (``weights_unchanged``).
+``--json FILE`` writes the same numbers as one JSON object; ``--frames-png FILE`` (video) draws
+the first sequence of the split with its predictions.
 """
 from __future__ import annotations
 
@@ -31,44 +36,79 @@ def register(sub) -> None:
     p.add_argument("--frozen-correction", choices=["on", "off"], default="on",
                    help="score with (on, default) or without the state-correction phase")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--frames-png", help="video: draw the split's first sequence and its predictions into this PNG")
     p.add_argument("--device", help="default: the device the run used")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from sequences import text
+def _snapshot(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
+
+def _unchanged(before: dict, module: torch.nn.Module) -> bool:
+    """Every tensor of ``module`` bit-identical to ``before`` (float tensors compared as raw bits,
+    so NaN equals NaN and -0.0 differs from 0.0)."""
+    after = module.state_dict()
+    return before.keys() == after.keys() and all(
+        before[k].dtype == after[k].dtype and before[k].shape == after[k].shape
+        and torch.equal(_raw(before[k]), _raw(after[k])) for k in before)
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    if not t.dtype.is_floating_point:
+        return t
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def run(args) -> int:
     if args.threads <= 0:
         raise UserError(f"--threads must be positive, got {args.threads}")
     torch.set_num_threads(args.threads)
     saved = runs.load(args.checkpoint, args.device)
-    config, vocab = saved.config, saved.vocab
+    config, vocab, learner = saved.config, saved.vocab, saved.learner
     data = args.data or config["data"]
+    frames = vocab.level == "frames"
+    if frames and (args.protocol or args.batch_size and args.batch_size <= 0):
+        raise UserError("--protocol applies to text; video sequences are whole clips" if args.protocol
+                        else f"--batch-size must be positive, got {args.batch_size}")
     protocol = args.protocol or config["protocol"]
     batch_size = args.batch_size or config["batch_size"]
     if batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    corpus = text.load(data, None if data.startswith(("ptb-char", "ptb-word")) else vocab.level)
+    if args.frames_png and not frames:
+        raise UserError("--frames-png applies to models of video frames")
+    corpus = runs.open_data(data, config)
     # the segment length only sets how the stream is cut; the state is carried across segments
     batches = corpus.batches(args.split, vocab, protocol, batch_size, config["seq_len"] or 100, clamp=True)
     correction = args.frozen_correction == "on"
+    before = _snapshot(learner.model)
     t0 = time.perf_counter()
-    tally = evaluate(saved.learner, batches, correction=correction)
+    tally = evaluate(learner, batches, correction=correction)
     elapsed = time.perf_counter() - t0
+    if args.frames_png:
+        runs.plot_frames(Path(args.frames_png), learner, corpus, args.split, correction=correction)
+    unchanged = _unchanged(before, learner.model)
     result = dict(
         checkpoint=str(saved.path), model=config["model"], step=saved.progress.step, data=data, split=args.split,
-        protocol=protocol, level=vocab.level, correction=correction and saved.learner.has_correction,
-        batch_size=batches.batch_size,
-        bpc=tally.bpc, perplexity=tally.perplexity, accuracy=tally.accuracy, scored=tally.scored,
-        tokens=batches.n_tokens, unknown=batches.unknown, elapsed_s=round(elapsed, 3))
-    unit = "bits/char" if vocab.level == "char" else "bits/word"
-    ppl = f", perplexity {tally.perplexity:.2f}" if vocab.level == "word" else ""
-    phase = f", state correction {args.frozen_correction}" if saved.learner.has_correction else ""
-    print(f"{args.split} split of {data} ({protocol} protocol{phase}): "
-          f"{tally.bpc:.4f} {unit}{ppl}, accuracy {100 * tally.accuracy:.2f} %, {tally.scored:,} scored of "
-          f"{batches.n_tokens:,} symbols, {batches.unknown:,} unknown to the model")
+        protocol=protocol, level=vocab.level, correction=correction and learner.has_correction,
+        batch_size=batches.batch_size, scored=tally.scored, tokens=batches.n_tokens)
+    phase = f", state correction {args.frozen_correction}" if learner.has_correction else ""
+    if frames:
+        n_seq = tally.scored // max(corpus.n_frames - 1, 1)
+        result.update(bce_per_frame=tally.mean, bce_per_sequence=tally.total / n_seq if n_seq else float("nan"))
+        print(f"{args.split} split of {data} (frozen weights{phase}): {tally.mean:.2f} nats BCE per frame, "
+              f"{result['bce_per_sequence']:.1f} per sequence, {tally.scored:,} frames scored in {n_seq:,} sequences")
+    else:
+        result.update(bpc=tally.bpc, perplexity=tally.perplexity, accuracy=tally.accuracy, unknown=batches.unknown)
+        unit = "bits/char" if vocab.level == "char" else "bits/word"
+        ppl = f", perplexity {tally.perplexity:.2f}" if vocab.level == "word" else ""
+        print(f"{args.split} split of {data} ({protocol} protocol{phase}): "
+              f"{tally.bpc:.4f} {unit}{ppl}, accuracy {100 * tally.accuracy:.2f} %, {tally.scored:,} scored of "
+              f"{batches.n_tokens:,} symbols, {batches.unknown:,} unknown to the model")
+    result.update(weights_unchanged=unchanged, elapsed_s=round(elapsed, 3))
+    if not unchanged:  # a bug, never the user's doing: say it loudly
+        raise RuntimeError("evaluation changed the model's weights")
     if args.json:
-        path = Path(args.json)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

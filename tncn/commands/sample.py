@@ -31,6 +31,9 @@ def register(sub) -> None:
 def run(args) -> int:
     torch.set_num_threads(1)
     saved = runs.load(args.checkpoint, args.device)
+    if saved.vocab.level == "frames":
+        raise UserError("tncn sample draws symbols from text models; for a video model, "
+                        "tncn eval --frames-png FILE draws its predicted frames")
     if args.length < 0:
         raise UserError(f"--length must be non-negative, got {args.length}")
     sample, unknown = generate(saved.learner, saved.vocab, args.prime, args.length, args.temperature, args.seed)

@@ -1,4 +1,4 @@
-"""``tncn train``: train a character or word model (P-TNCN by default) into a run folder.
+"""``tncn train``: train a character, word or video-frame model (P-TNCN by default) into a run folder.
 
 With no argument it trains the quick default: a 2-layer P-TNCN character model on the embedded
 corpus (``stdlib``) for a few minutes on 2 CPU cores, then prints the validation BPC next to the
@@ -7,8 +7,16 @@ the paper's settings (L = 2, H = 1000, batch 50 sentences, the lines protocol, S
 momentum lr 0.075 / momentum 0.95, the reference model options); any option given on the command
 line wins over the preset. The resolved options are written to ``config.json``.
 
+Video data (``--data bouncing-mnist``, ``bouncing-notmnist``, ``bouncing-fashion``,
+``bouncing-glyphs`` or ``bouncing:DIR``; ``sequences.video``): the model predicts each frame
+(flattened, a sigmoid per pixel) from the frames before it; the score is the binary
+cross-entropy per frame (first frame of each sequence not scored), printed next to the no-context
+baseline (every pixel predicted by its mean training intensity), and ``frames.png`` shows a test
+sequence's true and predicted frames. ``--frames``, ``--frame-size`` and ``--glyphs`` shape the
+sequences; the protocol is one sequence per row, state reset per batch.
+
 ``--resume`` continues the run in ``--out`` from its checkpoint with its saved options; only the
-budget (``--steps/--epochs/--minutes``), ``--device`` and ``--threads`` may change, and a run
+budget (``--steps/--epochs/--minutes/--tokens``), ``--device`` and ``--threads`` may change, and a run
 resumed with the same threads on the CPU ends exactly as an uninterrupted one. Ctrl-C (or SIGTERM)
 stops after the current batch and saves a checkpoint to resume from.
 """
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from sequences import text
+from sequences import text, video
 from tncn import runs
 from tncn.checkpoint import set_rng_state
 from tncn.errors import UserError
@@ -31,7 +39,8 @@ from tncn.metrics import unigram_entropy
 from tncn.train import LEARNERS, OPTIMIZERS, Budget, Progress, build_learner, fit, generate, learner_module
 
 RUN_DEFAULTS = dict(data="stdlib", level=None, protocol="stream", seq_len=100, batch_size=32, model="ptncn",
-                    steps=None, epochs=None, minutes=None, eval_every=0, seed=0, device="cpu", threads=1)
+                    steps=None, epochs=None, minutes=None, tokens=None, eval_every=0, seed=0, device="cpu", threads=1)
+VIDEO_DEFAULTS = dict(frames=20, frame_size=64, glyphs=2)  # video runs only (sequences.video)
 PRESETS = {
     # the quick default: learns within a few minutes on 2 CPU cores (measured in the issue 3 note)
     "quick": dict(hidden=[128, 128], optimizer="adam", lr=2e-3, steps=400, eval_every=100),
@@ -39,7 +48,7 @@ PRESETS = {
     "reference": dict(protocol="lines", batch_size=50, hidden=[1000, 1000], optimizer="nesterov", lr=0.075,
                       epochs=1, eval_every=0),
 }
-BUDGET = ("steps", "epochs", "minutes")
+BUDGET = ("steps", "epochs", "minutes", "tokens")
 MAY_CHANGE_ON_RESUME = set(BUDGET) | {"device", "threads"}
 SAMPLE_CHARS, SAMPLE_WORDS, SAMPLE_TEMPERATURE = 300, 60, 0.7
 PLOT_EVERY_S = 60.0  # curves.png is redrawn at most this often during a run, and at its end
@@ -63,19 +72,24 @@ def _float_or_none(text: str):
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a character or word model (P-TNCN) on a corpus",
+        "train", help="train a character, word or video-frame model (P-TNCN) on a corpus or videos",
         description="Train a sequence model into a run folder (config.json, metrics.jsonl, checkpoint.pt, "
                     "curves.png). With no option: a 2-layer P-TNCN character model on the embedded corpus, "
                     "a few minutes on 2 CPU cores. Options not given come from --preset.")
     d = p.add_argument_group("data")
     d.add_argument("--data", help="stdlib (default: the embedded corpus), a text file (split 90/5/5), a folder "
-                                  "with train/valid/test files, ptb-char:DIR, ptb-word:DIR, hf:NAME[:CONFIG]")
+                                  "with train/valid/test files, ptb-char:DIR, ptb-word:DIR, hf:NAME[:CONFIG]; "
+                                  "videos: bouncing-mnist, bouncing-notmnist, bouncing-fashion, bouncing-glyphs "
+                                  "(no file needed), bouncing:DIR (MNIST-format IDX files)")
     d.add_argument("--level", choices=["char", "word"], help="symbols: characters (default) or words")
     d.add_argument("--protocol", choices=["lines", "stream"],
                    help="lines: one line per sequence, state reset, first symbol unscored; "
                         "stream: one continuous stream in segments, state carried (default: stream)")
     d.add_argument("--seq-len", type=int, help="segment length of the stream protocol (default 100)")
     d.add_argument("--batch-size", type=int, help="sequences (lines) or parallel streams per batch (default 32)")
+    d.add_argument("--frames", type=int, help="video: frames per sequence (20)")
+    d.add_argument("--frame-size", type=int, help="video: side of the square frame in pixels (64)")
+    d.add_argument("--glyphs", type=int, help="video: moving glyphs per sequence (2)")
     m = p.add_argument_group("model (P-TNCN)")
     m.add_argument("--model", help=f"the learner: {', '.join(LEARNERS)} (default ptncn; rnn, gru, lstm, elman: BPTT)")
     m.add_argument("--hidden", type=_widths, help="widths of the latent layers, e.g. 1000,1000 (default 128,128)")
@@ -109,6 +123,7 @@ def register(sub) -> None:
     b.add_argument("--steps", type=int, help="training batches (default 400)")
     b.add_argument("--epochs", type=int, help="passes over the training split")
     b.add_argument("--minutes", type=float, help="wall-time budget, validation included")
+    b.add_argument("--tokens", type=int, help="training symbols (frames for video)")
     r.add_argument("--eval-every", type=int, help="validate every N steps; 0: only at the end (default 100)")
     r.add_argument("--seed", type=int, help="seed of the weights and the batch order (0)")
     r.add_argument("--device", help="cpu (default), cuda or cuda:N")
@@ -124,7 +139,7 @@ def register(sub) -> None:
 # --------------------------------------------------------------------------- options
 
 def _explicit(args) -> dict:
-    keys = set(RUN_DEFAULTS) | {k for mod in LEARNERS for k in learner_module(mod).DEFAULTS}
+    keys = set(RUN_DEFAULTS) | set(VIDEO_DEFAULTS) | {k for mod in LEARNERS for k in learner_module(mod).DEFAULTS}
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if "data" in out:
         out["data"] = text.canonical(out["data"])
@@ -140,23 +155,34 @@ def resolve(explicit: dict, preset: str) -> dict:
     """The run's options: model defaults < run defaults < preset < the command line."""
     model = explicit.get("model", RUN_DEFAULTS["model"])
     defaults = learner_module(model).DEFAULTS
-    wrong = sorted(k for k in explicit if k not in RUN_DEFAULTS and k not in defaults)
+    wrong = sorted(k for k in explicit if k not in RUN_DEFAULTS and k not in VIDEO_DEFAULTS and k not in defaults)
     if wrong:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to --model {model}")
     chosen = {k: v for k, v in PRESETS[preset].items() if k in RUN_DEFAULTS or k in defaults}
     if any(k in explicit for k in BUDGET):
         chosen = {k: v for k, v in chosen.items() if k not in BUDGET}
-    merged = {**defaults, **RUN_DEFAULTS, **chosen, **explicit}
-    config = {k: merged[k] for k in [*RUN_DEFAULTS, *defaults]}
+    is_video = video.is_video(explicit.get("data", RUN_DEFAULTS["data"]))
+    if is_video:
+        given = [k for k in ("level", "protocol", "seq_len") if k in explicit]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to text; video sequences are whole clips")
+        chosen.update(level="frames", protocol="sequences", seq_len=None)
+    else:
+        given = [k for k in VIDEO_DEFAULTS if k in explicit]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to video data (bouncing-...), "
+                            f"not to {explicit.get('data', RUN_DEFAULTS['data'])}")
+    merged = {**defaults, **RUN_DEFAULTS, **(VIDEO_DEFAULTS if is_video else {}), **chosen, **explicit}
+    config = {k: merged[k] for k in [*RUN_DEFAULTS, *(VIDEO_DEFAULTS if is_video else ()), *defaults]}
     config["preset"] = preset
     if config["protocol"] == "lines":
         if "seq_len" in explicit:
             raise UserError("--seq-len applies to the stream protocol only")
         config["seq_len"] = None
-    for k in ("batch_size", "seq_len", "eval_every", "threads"):
-        if config[k] is not None and (config[k] < 0 or (config[k] == 0 and k != "eval_every")):
+    for k in ("batch_size", "seq_len", "eval_every", "threads", *VIDEO_DEFAULTS):
+        if config.get(k) is not None and (config[k] < 0 or (config[k] == 0 and k != "eval_every")):
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {config[k]}")
-    Budget(**{k: config[k] for k in BUDGET})  # exactly one, positive
+    Budget(**{k: config.get(k) for k in BUDGET})  # exactly one, positive
     return config
 
 
@@ -170,13 +196,14 @@ def _resume_config(saved: dict, explicit: dict, out: Path) -> dict:
     differ = [k for k, v in explicit.items() if k not in MAY_CHANGE_ON_RESUME and v != saved.get(k)]
     if differ:
         k = differ[0]
-        raise UserError(f"--{k.replace('_', '-')} {_show(explicit[k])} differs from the run in {out} ({_show(saved.get(k))}); "
-                        f"a resumed run keeps its options (only --steps/--epochs/--minutes, --device, --threads may change)")
+        raise UserError(f"--{k.replace('_', '-')} {_show(explicit[k])} differs from the run in {out} "
+                        f"({_show(saved.get(k))}); a resumed run keeps its options (only --steps/--epochs/--minutes/"
+                        f"--tokens, --device, --threads may change)")
     config = dict(saved)
     if any(k in explicit for k in BUDGET):
         config.update({k: explicit.get(k) for k in BUDGET})
     config.update({k: explicit[k] for k in ("device", "threads") if k in explicit})
-    Budget(**{k: config[k] for k in BUDGET})
+    Budget(**{k: config.get(k) for k in BUDGET})
     return config
 
 
@@ -184,6 +211,8 @@ def _default_out(config: dict) -> Path:
     data = config["data"]
     if data.startswith("hf:"):
         name = data[3:]
+    elif data.startswith("bouncing:"):
+        name = "bouncing-" + Path(data[len("bouncing:"):]).name
     elif data.startswith(("ptb-char", "ptb-word")):
         name = data.split(":")[0]
     else:
@@ -212,8 +241,9 @@ def run(args) -> int:
     device = runs.resolve_device(config["device"])
     torch.set_num_threads(config["threads"])
 
-    corpus = text.load(config["data"], config["level"])
+    corpus = runs.open_data(config["data"], config)
     config["level"] = corpus.level
+    frames = corpus.level == "frames"
     vocab = corpus.vocabulary(config["protocol"])
     if args.resume and vocab != saved.vocab:
         raise UserError(f"the vocabulary of {config['data']} ({len(vocab)} symbols) differs from the checkpoint's "
@@ -228,7 +258,8 @@ def run(args) -> int:
         set_rng_state(saved.rng)
     else:
         torch.manual_seed(config["seed"])
-        learner = build_learner(config["model"], runs.learner_options(config), len(vocab), device, config["seed"])
+        learner = build_learner(config["model"], runs.learner_options(config), len(vocab), device, config["seed"],
+                                frames)
         progress = Progress()
 
     # every check has passed: from here on the run folder is written
@@ -238,13 +269,15 @@ def run(args) -> int:
             (out / name).unlink(missing_ok=True)
     runs.write_config(out, config)
     runs.write_metrics(out, progress.records)
-    baseline = unigram_entropy(vocab.counts)
-    unit = "bits/char" if corpus.level == "char" else "bits/word"
+    if frames:
+        baseline, unit = corpus.mean_frame_bce(), "nats BCE/frame"
+    else:
+        baseline, unit = unigram_entropy(vocab.counts), "bits/char" if corpus.level == "char" else "bits/word"
 
     plotted = [time.perf_counter()]
 
     def plot(records: list) -> None:
-        runs.plot_curves(out, records, unit.replace("/", " per "), baseline)
+        runs.plot_curves(out, records, unit.replace("/", " per "), baseline, learner.metric)
         plotted[0] = time.perf_counter()
 
     def on_record(record: dict, p: Progress) -> None:
@@ -255,7 +288,7 @@ def run(args) -> int:
 
     stop = _StopFlag()
     with stop:
-        progress, stopped = fit(learner, train, valid, Budget(**{k: config[k] for k in BUDGET}),
+        progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET}),
                                 config["eval_every"], progress, on_record, stop.requested)
     runs.save(out, config, vocab, learner, progress)
     if progress.records:
@@ -266,6 +299,13 @@ def run(args) -> int:
         return 130
 
     last = progress.records[-1]
+    if frames:
+        print(f"validation: {last['valid_bce']:.2f} nats BCE per frame after {progress.step} steps "
+              f"({progress.tokens:,} frames, {progress.elapsed_s:.0f} s); no-context baseline (every pixel "
+              f"predicted by its mean training intensity): {baseline:.2f}")
+        runs.plot_frames(out / "frames.png", learner, corpus)
+        print(f"run saved in {out} (true and predicted frames of a test sequence: {out / 'frames.png'})")
+        return 0
     word = corpus.level == "word"
     ppl = f", perplexity {2 ** last['valid_bpc']:.1f}" if word else ""
     print(f"validation: {last['valid_bpc']:.4f} {unit}{ppl}, accuracy {100 * last['valid_accuracy']:.1f} % "

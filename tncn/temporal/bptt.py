@@ -16,7 +16,9 @@ softmax output layer (logits o_t = h^L_t W_out + b_out score the symbol after th
   A Python loop over time exposes every pre-activation (``trajectory``); slower than the kernels.
 
 Input (both): ``onehot`` (x^1 = one-hot of the id) or ``embedding`` (a learned table of width
-``embed``, default the first hidden width). Initial weights are drawn from a ``torch.Generator``
+``embed``, default the first hidden width). Dense observations (float [T, B, D], e.g. video
+frames) go in as they are, and the output layer then has D units (a sigmoid per pixel, applied by
+the learner's loss): build the model with ``vocab`` = D and ``input="onehot"`` (its sizes are the same). Initial weights are drawn from a ``torch.Generator``
 (a seed fixes them): U(-1/√H, 1/√H) for the recurrent weights, biases (kernels; PyTorch's own
 default) and the output layer, N(0, 1) for the embedding; the Dense Elman's biases start at zero.
 ``n_params`` counts parameters in closed form and ``width_for_params`` sizes a model to a
@@ -116,7 +118,10 @@ class KernelLM(nn.Module):
                 p.uniform_(-1.0 / math.sqrt(hidden[-1]), 1.0 / math.sqrt(hidden[-1]), generator=generator)
 
     def forward(self, ids: Tensor, state: Optional[list] = None) -> tuple[Tensor, list]:
-        x = self.embed(ids) if self.embed is not None else nn.functional.one_hot(ids, self.vocab).to(self.head.weight.dtype)
+        if ids.is_floating_point():  # dense observations (video frames) go in as they are
+            x = ids.to(self.head.weight.dtype)
+        else:
+            x = self.embed(ids) if self.embed is not None else nn.functional.one_hot(ids, self.vocab).to(self.head.weight.dtype)
         new = []
         for l, layer in enumerate(self.layers):
             x, s = layer(x, None if state is None else state[l])
@@ -153,7 +158,7 @@ class ElmanLM(nn.Module):
     def _drive(self, l: int, x: Tensor) -> Tensor:
         """x^l W_in^l + b^l for all steps at once ([T, B, H_l]); layer 1 reads ids."""
         layer = self.inputs[l]
-        if l == 0:
+        if l == 0 and not x.is_floating_point():
             if self.embed is None:  # one-hot rows of W_in^1
                 return layer.weight.index_select(0, x.reshape(-1)).view(*x.shape, -1) + layer.bias
             x = self.embed.weight.index_select(0, x.reshape(-1)).view(*x.shape, -1)
@@ -162,7 +167,7 @@ class ElmanLM(nn.Module):
     def trajectory(self, ids: Tensor, state: Optional[list] = None) -> tuple[list, list, list, list]:
         """Per layer: the inputs x^l [T, B, n_in] (ids for layer 1), the pre-activations a^l and the
         states h^l [T, B, H_l] after each step, and the states before the first step."""
-        T, B = ids.shape
+        T, B = ids.shape[:2]
         p = self.head.weight
         h0 = [torch.zeros(B, h, device=p.device, dtype=p.dtype) for h in self.hidden] if state is None else list(state)
         xs, pres, outs = [], [], []

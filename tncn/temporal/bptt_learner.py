@@ -21,7 +21,11 @@ scored position; the loss and the scores are masked by ``score``.
   carried state, a backward, clipping and an optimizer step, then the state is carried to the next
   window (and batch) without gradient (truncated BPTT with window K). K ≥ T is full BPTT.
 
-Loss of a window: the mean cross-entropy over its scored positions. ``clip_grad``: the total
+Observations are token ids [T, B] (softmax output, loss: cross-entropy) or, with ``frames=True``,
+video frames [T, B, D] in [0, 1] fed to the first layer as they are (a sigmoid output per pixel,
+loss: binary cross-entropy summed over the pixels of a frame; scored as BCE per frame).
+
+Loss of a window: the mean cross-entropy (per symbol or per frame) over its scored positions. ``clip_grad``: the total
 gradient norm is clipped to it (``torch.nn.utils.clip_grad_norm_``; 0: off). Any optimizer of
 ``tncn.train.make_optimizer`` (Adam, lr 1e-3 by default). Options (``DEFAULTS``): ``hidden``
 (widths, one per layer), ``input`` (onehot or embedding), ``embed`` (embedding width; default the
@@ -36,7 +40,7 @@ import torch
 from torch import nn
 
 from tncn.errors import UserError
-from tncn.metrics import Tally, score_logits
+from tncn.metrics import Tally, score_frames, score_logits
 from tncn.temporal.bptt import build_model
 from tncn.train import LazyOptimizer
 
@@ -60,9 +64,9 @@ def parse_bptt(value) -> Optional[int]:
 
 
 def learner_builder(kind: str):
-    """The ``build(options, vocab_size, device, seed)`` of registry name ``kind``."""
-    def build(options: dict, vocab_size: int, device="cpu", seed: int = 0) -> "BPTTLearner":
-        return BPTTLearner(kind, options, vocab_size, device, seed)
+    """The ``build(options, size, device, seed, frames)`` of registry name ``kind``."""
+    def build(options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False) -> "BPTTLearner":
+        return BPTTLearner(kind, options, size, device, seed, frames)
     return build
 
 
@@ -71,14 +75,19 @@ def _detach(state: list) -> list:
 
 
 class BPTTLearner:
-    """A ``KernelLM`` or ``ElmanLM``, its optimizer, and the carried training state."""
+    """A ``KernelLM`` or ``ElmanLM`` over token ids (``size``: the vocabulary) or frames (``size``:
+    pixels per frame), its optimizer, and the carried training state."""
 
     has_correction = False
 
-    def __init__(self, kind: str, options: dict, vocab_size: int, device="cpu", seed: int = 0):
+    def __init__(self, kind: str, options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False):
         if kind not in KINDS:
             raise UserError(f"unknown BPTT model {kind!r}; known: {', '.join(KINDS)}")
+        if frames and (options["input"] != "onehot" or options["embed"] is not None):
+            raise UserError("--input/--embed apply to symbols; frames go into the first layer as they are")
         self.kind = kind
+        self.frames = bool(frames)
+        self.metric = "bce" if self.frames else "bpc"
         self.options = dict(options)
         self.window = parse_bptt(options["bptt"])
         try:
@@ -88,10 +97,10 @@ class BPTTLearner:
         if not self.clip >= 0:
             raise UserError(f"--clip-grad must be non-negative (0: off), got {options['clip_grad']}")
         self.device = torch.device(device)
-        self.vocab = int(vocab_size)
+        self.vocab = int(size)
         generator = torch.Generator().manual_seed(int(seed))
         try:
-            self.model = build_model(kind, vocab_size, options["hidden"], options["input"], options["embed"],
+            self.model = build_model(kind, size, options["hidden"], options["input"], options["embed"],
                                      options.get("activation", "tanh"), generator).to(self.device)
         except ValueError as err:  # a bad width, input or activation
             raise UserError(str(err)) from None
@@ -126,12 +135,17 @@ class BPTTLearner:
             with torch.set_grad_enabled(learn):
                 top, state = self.model(inputs[s:s + K], state)
                 logits = self.model.logits(top).reshape(-1, self.vocab)
-                y, m = targets[s:s + K].reshape(-1), score[s:s + K].reshape(-1)
-                b, h = score_logits(logits.detach(), y, m)
+                y = targets[s:s + K].reshape(len(logits), -1) if self.frames else targets[s:s + K].reshape(-1)
+                m = score[s:s + K].reshape(-1)
+                b, h = (score_frames if self.frames else score_logits)(logits.detach(), y, m)
                 bits += b
                 hits += h
                 if learn and n:
-                    nats = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+                    if self.frames:
+                        nats = nn.functional.binary_cross_entropy_with_logits(
+                            logits.float(), y.float(), reduction="none").sum(1)
+                    else:
+                        nats = nn.functional.cross_entropy(logits.float(), y, reduction="none")
                     loss = (nats * m).sum() / n
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -153,6 +167,17 @@ class BPTTLearner:
         self.model.eval()
         tally, self._eval = self._run(batch, self._eval, learn=False)
         return tally
+
+    @torch.no_grad()
+    def predict_frames(self, frames: torch.Tensor, correction: bool = True) -> torch.Tensor:
+        """The prediction of each frame of one sequence ``frames`` [T, D], made before seeing it
+        ([T, D]; row 0, made from nothing, is NaN). Weights frozen."""
+        if not correction:
+            raise UserError(f"model {self.kind} has no state-correction phase to switch off")
+        self.model.eval()
+        top, _ = self.model(frames[:-1].to(self.device).unsqueeze(1), None)
+        probs = torch.sigmoid(self.model.logits(top[:, 0]).float()).cpu()
+        return torch.cat([torch.full((1, frames.shape[1]), float("nan")), probs])
 
     @torch.no_grad()
     def sample(self, prime: torch.Tensor, length: int, temperature: float, generator: torch.Generator) -> torch.Tensor:

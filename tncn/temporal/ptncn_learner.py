@@ -7,6 +7,10 @@ model.project_()`` (no update on the first step after a reset). Evaluation runs 
 with every weight frozen, with the state correction (default) or without it
 (``update_states=False``). Nothing builds an autograd graph.
 
+Observations are token ids (``frames=False``: a softmax output over the vocabulary, scored in
+bits) or video frames (``frames=True``: flattened frames in [0, 1], a sigmoid output per pixel,
+scored by binary cross-entropy per frame; ``tncn.metrics``).
+
 Options (``DEFAULTS``): ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults
 are read from ``PTNCN`` itself (the reference behaviour), plus the optimizer (``optimizer``,
 ``lr``, ``momentum``, ``weight_decay``; see ``tncn.train.make_optimizer``: momentum None is the
@@ -20,7 +24,7 @@ import inspect
 import torch
 
 from tncn.errors import UserError
-from tncn.metrics import Tally, score_logits
+from tncn.metrics import Tally, score_frames, score_logits
 from tncn.temporal.ptncn import PTNCN
 from tncn.train import LazyOptimizer
 
@@ -32,25 +36,29 @@ DEFAULTS = {"hidden": [1000, 1000], **{k: _SIG[k].default for k in MODEL_KEYS},
             "optimizer": "nesterov", "lr": 0.075, "momentum": None, "weight_decay": 0.0}
 
 
-def build(options: dict, vocab_size: int, device="cpu", seed: int = 0) -> "PTNCNLearner":
-    return PTNCNLearner(options, vocab_size, device, seed)
+def build(options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False) -> "PTNCNLearner":
+    return PTNCNLearner(options, size, device, seed, frames)
 
 
 class PTNCNLearner:
-    """A ``PTNCN`` over token ids, its optimizer and its carried training state."""
+    """A ``PTNCN`` over token ids (``size``: the vocabulary) or frames (``size``: pixels per frame),
+    its optimizer and its carried training state."""
 
     kind = KIND
     has_correction = True
 
-    def __init__(self, options: dict, vocab_size: int, device="cpu", seed: int = 0):
+    def __init__(self, options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False):
         self.options = dict(options)
+        self.frames = bool(frames)
+        self.metric = "bce" if self.frames else "bpc"
+        self._score = score_frames if self.frames else score_logits
         hidden = [int(h) for h in options["hidden"]]
         if not hidden or min(hidden) <= 0:
             raise UserError(f"hidden widths must be positive, got {','.join(map(str, hidden)) or 'none'}")
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(int(seed))
         try:
-            self.model = PTNCN(vocab_size, hidden, tokens=True, generator=self.generator,
+            self.model = PTNCN(size, hidden, tokens=not self.frames, generator=self.generator,
                                **{k: options[k] for k in MODEL_KEYS}).to(self.device)
         except ValueError as err:  # an impossible model option (K < 1, a bad clip, ...)
             raise UserError(str(err)) from None
@@ -104,7 +112,7 @@ class PTNCNLearner:
         for t, scored in enumerate(scored_steps):
             self.model.step(tokens[t], mask[t], update_states=correction)
             if scored:
-                b, h = score_logits(self.model.last_logits, tokens[t], score[t])
+                b, h = self._score(self.model.last_logits, tokens[t], score[t])
                 bits += b
                 hits += h
             if learn and self.model.local_updates():
@@ -121,6 +129,19 @@ class PTNCNLearner:
     def eval_segment(self, batch, correction: bool = True) -> Tally:
         self._enter("eval")
         return self._run(batch, learn=False, correction=correction)
+
+    @torch.no_grad()
+    def predict_frames(self, frames: torch.Tensor, correction: bool = True) -> torch.Tensor:
+        """The prediction x̂_t of each frame of one sequence ``frames`` [T, D], made before seeing it
+        ([T, D]; row 0, not scored as nothing precedes it, is NaN). Weights frozen."""
+        self._enter("eval")
+        self.model.reset(1)
+        out = torch.full(frames.shape, float("nan"))
+        for t, x in enumerate(frames.to(self.device)):
+            x_hat = self.model.step(x.view(1, -1), update_states=correction)
+            if t:
+                out[t] = x_hat[0].float().cpu()
+        return out
 
     @torch.no_grad()
     def sample(self, prime: torch.Tensor, length: int, temperature: float, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,217 @@
+"""``tncn continual``: learn a stream of tasks one after another and measure what is kept.
+
+The stream (``sequences.streams``): an ordered list of experiences, each a data set with a
+training budget (``--minutes`` of training time, validation excluded, or ``--tokens`` training
+symbols/frames; a JSON stream file may give each its own). Every model of ``--models`` starts
+from the same seed and trains on experience 1, then 2, ... with no access to earlier ones (no
+replay, no task labels; P-TNCN keeps learning online as in Ororbia et al. 2020, §V). After each
+experience (and ``--points`` times along it) every experience's **test** split is scored, which
+gives the matrix R[i][j] = score on task j after training on tasks 1..i, plus the scores before
+any training. ``tncn.continual`` turns R into the average final score, backward transfer (BWT),
+forward transfer (FWT) and forgetting per task (scores are losses: BPC for text, BCE per frame
+for video; positive BWT/FWT = better, positive forgetting = worse).
+
+All experiences are video (one frame shape: ``--frames``, ``--frame-size``, ``--glyphs``) or all
+text (one ``--level`` and ``--protocol``). Text models share one vocabulary: the union of the
+experiences' training symbols, fixed before the first experience (the output layer must cover
+every task; the symbols are an inventory, no training text of a later task is seen early).
+Sizes as in ``tncn compare`` (``--hidden`` for P-TNCN, ``--match params|hidden``, ``--set``).
+
+Writes ``DIR/results.json`` (the stream, per model: options, params, R, initial scores, the
+summary, the curve), ``DIR/matrix.png`` (heat maps), ``DIR/curves.png`` (every task's score along
+the stream) and ``DIR/table.md``, and prints the table. ``results.json`` is rewritten after
+each model, so an interrupted run keeps the finished ones.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tncn import continual, runs
+from tncn.commands import sizing
+from tncn.errors import UserError
+from tncn.train import UNITS as SHORT_UNITS
+from tncn.train import Budget, Progress, build_learner, evaluate, fit, learner_module
+
+NEVER = Budget(steps=sys.maxsize)  # each leg ends by the stop rule instead
+UNITS = {"bpc": "bits per symbol", "bce": "nats BCE per frame"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "continual", help="train on a stream of tasks in turn; score matrix, forgetting, transfer",
+        description="Train each model on the experiences of --stream one after another; after each one score "
+                    "every experience's test split. Writes results.json, matrix.png, curves.png and table.md.")
+    p.add_argument("--stream", required=True,
+                   help="comma-separated data (e.g. bouncing-mnist,bouncing-notmnist,bouncing-fashion or "
+                        "stdlib,PATH.txt) or a JSON stream file "
+                        "[{\"data\": ..., \"name\": ..., \"minutes\"|\"tokens\": ...}]")
+    p.add_argument("--models", default="ptncn,lstm", help="comma-separated learners (default ptncn,lstm)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--minutes", type=float, help="training time per experience (validation excluded)")
+    b.add_argument("--tokens", type=int, help="training symbols (frames for video) per experience")
+    p.add_argument("--points", type=int, default=4, help="scorings along each experience (4; the last at its end)")
+    p.add_argument("--hidden", default="256,256", help="P-TNCN's widths (default 256,256)")
+    p.add_argument("--match", choices=["params", "hidden"], default="params",
+                   help="size the baselines to P-TNCN's parameter count (default) or give them its widths")
+    p.add_argument("--bptt", help="full (default) or K: truncated BPTT window of the baselines")
+    p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                   help="an option of one model, e.g. ptncn:optimizer=adam (repeatable)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences (or parallel streams) per batch (32)")
+    p.add_argument("--frames", type=int, default=20, help="video: frames per sequence (20)")
+    p.add_argument("--frame-size", type=int, default=64, help="video: side of the square frame in pixels (64)")
+    p.add_argument("--glyphs", type=int, default=2, help="video: moving glyphs per sequence (2)")
+    p.add_argument("--level", choices=["char", "word"], help="text: characters (default) or words")
+    p.add_argument("--protocol", choices=["lines", "stream"], default="stream", help="text: default stream")
+    p.add_argument("--seq-len", type=int, default=100, help="text: segment length of the stream protocol (100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (1)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite the files in an existing --out")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- data
+
+def open_stream(experiences: list, settings: dict) -> tuple[list, object, str]:
+    """Every experience's data, the shared observation space and the metric (``bpc`` or ``bce``)."""
+    from sequences import text, video
+    from sequences.vocab import Vocabulary
+
+    kinds = {video.is_video(e.data) for e in experiences}
+    if len(kinds) > 1:
+        raise UserError("a stream mixes video and text experiences; a model reads one kind of observation")
+    frames = kinds == {True}
+    data = []
+    for e in experiences:
+        config = dict(settings, level="frames") if frames else dict(level=settings["level"])
+        data.append(runs.open_data(text.canonical(e.data), config))
+    if frames:
+        return data, data[0].vocabulary(), "bce"
+    levels = {d.level for d in data}
+    if len(levels) > 1:
+        raise UserError(f"the stream's corpora have different levels ({', '.join(sorted(levels))}); give --level")
+    protocol = settings["protocol"]
+    vocab = Vocabulary.build(levels.pop(), [s for d in data for s in d.sequences("train", protocol)])
+    return data, vocab, "bpc"
+
+
+# --------------------------------------------------------------------------- one model along the stream
+
+def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, settings: dict,
+               points: int, device, seed: int) -> dict:
+    """Train one model on the experiences in turn; its matrix, initial scores and curve."""
+    from tqdm.auto import tqdm
+
+    frames = vocab.level == "frames"
+    torch.manual_seed(seed)
+    learner = build_learner(kind, options, len(vocab), device, seed, frames)
+    args = (vocab, settings["protocol"], settings["batch_size"], settings["seq_len"])
+    tests = [d.batches("test", *args, clamp=True) for d in data]
+    names = [e.name for e in experiences]
+
+    def scores() -> list:
+        return [evaluate(learner, t).mean for t in tests]
+
+    initial = scores()
+    curve = {"tokens": [0], "seconds": [0.0], "scores": {n: [s] for n, s in zip(names, initial)}, "boundaries": []}
+    R, done_tokens, done_s, legs = [], 0, 0.0, []
+    bar = tqdm(total=len(experiences) * points, unit="point", desc=kind, dynamic_ncols=True)
+    try:
+        for i, (e, d) in enumerate(zip(experiences, data)):
+            train = d.batches("train", *args, seed + i)
+            p = Progress()
+            by_time = e.minutes is not None
+            total = 60.0 * e.minutes if by_time else e.tokens
+            spent = (lambda: p.train_s) if by_time else (lambda: p.tokens)
+            for k in range(1, points + 1):
+                mark = total * k / points
+                if spent() < mark:
+                    fit(learner, train, None, NEVER, progress=p, should_stop=lambda: spent() >= mark, bar=False)
+                row = scores()
+                curve["tokens"].append(done_tokens + p.tokens)
+                curve["seconds"].append(round(done_s + p.train_s, 3))
+                for n, s in zip(names, row):
+                    curve["scores"][n].append(s)
+                bar.update(1)
+                bar.set_postfix_str(f"{e.name}: " + ", ".join(f"{s:.3f}" for s in row), refresh=False)
+            R.append(row)
+            done_tokens, done_s = done_tokens + p.tokens, done_s + p.train_s
+            curve["boundaries"].append(done_tokens)
+            legs.append(dict(name=e.name, tokens=p.tokens, steps=p.step, train_s=round(p.train_s, 3)))
+            bar.write(f"{kind} after {e.name} ({p.tokens:,} tokens, {p.train_s:.0f} s): "
+                      + ", ".join(f"{n} {s:.4f}" for n, s in zip(names, row)), file=sys.stderr)
+    finally:
+        bar.close()
+    return dict(options=options, params=sizing.n_params(learner), hidden=list(options["hidden"]),
+                R=R, initial=initial, experiences=legs, curve=curve,
+                summary=continual.summarize(R, higher_is_better=False, initial=initial))
+
+
+# --------------------------------------------------------------------------- the command
+
+def run(args) -> int:
+    from sequences import streams
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or len(set(models)) != len(models):
+        raise UserError(f"--models takes distinct comma-separated names, got {args.models!r}")
+    for m in models:
+        learner_module(m)
+    hidden = sizing.ints(args.hidden, "--hidden")
+    for name in ("batch_size", "seq_len", "points", "threads", "frames", "frame_size", "glyphs"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    experiences = streams.parse(args.stream, args.minutes, args.tokens)
+    sets = sizing.parse_sets(args.set, models)
+    device = runs.resolve_device(args.device)
+    out = Path(args.out)
+    runs.check_out(out, resume=False, force=args.force)
+    torch.set_num_threads(args.threads)
+
+    settings = dict(frames=args.frames, frame_size=args.frame_size, glyphs=args.glyphs, level=args.level,
+                    protocol=args.protocol, batch_size=args.batch_size,
+                    seq_len=args.seq_len if args.protocol == "stream" else None)
+    data, vocab, metric = open_stream(experiences, settings)
+    frames = metric == "bce"
+    if frames:
+        settings.update(level="frames", protocol="sequences", seq_len=None)
+    else:
+        settings = {k: v for k, v in settings.items() if k not in ("frames", "frame_size", "glyphs")}
+        settings["level"] = vocab.level
+    args_b = (vocab, settings["protocol"], settings["batch_size"], settings["seq_len"])
+    for e, d in zip(experiences, data):  # a batch size the data cannot fill fails here, in one line
+        d.batches("train", *args_b, args.seed)
+        d.batches("test", *args_b, clamp=True)
+    options, target = sizing.plan(models, len(vocab), hidden, args.match, args.bptt, sets, args.seed, frames)
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [e.name for e in experiences]
+    result = dict(stream=streams.to_json(experiences), **settings, metric=metric, unit=UNITS[metric],
+                  higher_is_better=False, points=args.points, seed=args.seed, threads=args.threads,
+                  device=str(device), torch=torch.__version__, size=len(vocab), ptncn_params=target, models={})
+    for kind in models:
+        print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
+        t0 = time.perf_counter()
+        result["models"][kind] = run_stream(kind, options[kind], experiences, data, vocab, settings,
+                                            args.points, device, args.seed)
+        result["models"][kind]["wall_s"] = round(time.perf_counter() - t0, 1)
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    matrices = {k: m["R"] for k, m in result["models"].items()}
+    continual.plot_matrix(out / "matrix.png", matrices, names, UNITS[metric])
+    curves = {k: m["curve"] for k, m in result["models"].items()}
+    continual.plot_curves(out / "curves.png", curves, names, UNITS[metric])
+    table = continual.format_table({k: m["summary"] for k, m in result["models"].items()}, matrices, names,
+                                   SHORT_UNITS[metric])
+    budgets = "; ".join(f"{e.name}: " + (f"{e.minutes:g} min" if e.minutes is not None else f"{e.tokens:,} tokens")
+                        for e in experiences)
+    table = f"stream {' → '.join(names)} (budgets {budgets}; test-split {UNITS[metric]}, lower is better)\n\n" + table
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"results in {out}")
+    return 0
