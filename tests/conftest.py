@@ -26,6 +26,14 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """Commands set torch's thread count; every test starts with the suite's one thread."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def shared():
     """The ../shared folder (skips the test when it is absent)."""

@@ -60,12 +60,13 @@ def test_score_frames_is_the_bce_per_frame():
     assert float(nats) == pytest.approx(want, rel=1e-6) and int(hits) == 0
 
 
-def test_ptncn_frames_follow_the_per_step_recipe():
+@pytest.mark.parametrize("e_rule", ["transpose", "temporal"])
+def test_ptncn_frames_follow_the_per_step_recipe(e_rule):
     batch = clips()
-    opts = {"hidden": [5, 4], "optimizer": "nesterov", "lr": 0.075}
+    opts = {"hidden": [5, 4], "optimizer": "nesterov", "lr": 0.075, "e_rule": e_rule}
     learner = build_learner("ptncn", opts, D, seed=3, frames=True)
     assert learner.metric == "bce" and learner.model.output == "sigmoid"
-    model = PTNCN(D, [5, 4], tokens=False, generator=torch.Generator().manual_seed(3))
+    model = PTNCN(D, [5, 4], tokens=False, e_rule=e_rule, generator=torch.Generator().manual_seed(3))
     opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
     got = learner.train_segment(batch)
     model.reset(batch.tokens.shape[1])

@@ -41,13 +41,6 @@ def tiny_args(corpus, out, *extra):
             "--out", str(out), *extra]
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory) -> Path:
     """One tiny run, trained once for the tests that read a checkpoint."""

@@ -32,13 +32,6 @@ def refused(argv, pattern, capsys):
 SHAPE = ["--frames", "4", "--frame-size", "32", "--glyphs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     """A folder of 300 random 28 x 28 blob glyphs in IDX files (t10k only, split 80/10/10)."""

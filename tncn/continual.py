@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -165,10 +164,15 @@ def plot_curves(path, curves: dict, task_names: list, unit: str) -> None:
             start = b
         ax.set_xlabel("training tokens (whole stream)")
         ax.set_ylabel(unit)
+        values = [v for ys in c["scores"].values() for v in ys if v is not None and v > 0]
+        if values and max(values) > 3 * min(values):  # e.g. untrained scores far above trained ones
+            ax.set_yscale("log")
         ax.set_title(model)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower left")
+
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for all panels, outside them, so that no line hides behind it
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, title="score on")
     _save(fig, path)
 
 

@@ -45,7 +45,7 @@ import torch
 from tncn import runs
 from tncn.commands import sizing
 from tncn.errors import UserError
-from tncn.train import Budget, Progress, build_learner, evaluate, fit, learner_module
+from tncn.train import Budget, Progress, build_learner, evaluate, fit
 
 DEFAULT_MODELS = "ptncn,lstm,gru,rnn"
 NEVER = Budget(steps=sys.maxsize)  # each leg of a run ends by the stop rule instead
@@ -206,15 +206,9 @@ def run(args) -> int:
     from sequences import text, video
     from tncn.metrics import unigram_entropy
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or len(set(models)) != len(models):
-        raise UserError(f"--models takes distinct comma-separated names, got {args.models!r}")
-    for m in models:
-        learner_module(m)
+    models = sizing.model_list(args.models)
     hidden = sizing.ints(args.hidden, "--hidden")
-    for name in ("batch_size", "seq_len", "points", "threads"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    sizing.check_positive(args, ("batch_size", "seq_len", "points", "threads"))
     if args.valid_lines is not None and args.valid_lines <= 0:
         raise UserError(f"--valid-lines must be positive, got {args.valid_lines}")
     if not args.memory:

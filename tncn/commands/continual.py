@@ -35,7 +35,7 @@ from tncn import continual, runs
 from tncn.commands import sizing
 from tncn.errors import UserError
 from tncn.train import UNITS as SHORT_UNITS
-from tncn.train import Budget, Progress, build_learner, evaluate, fit, learner_module
+from tncn.train import Budget, Progress, build_learner, evaluate, fit
 
 NEVER = Budget(steps=sys.maxsize)  # each leg ends by the stop rule instead
 UNITS = {"bpc": "bits per symbol", "bce": "nats BCE per frame"}
@@ -158,15 +158,9 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
 def run(args) -> int:
     from sequences import streams
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or len(set(models)) != len(models):
-        raise UserError(f"--models takes distinct comma-separated names, got {args.models!r}")
-    for m in models:
-        learner_module(m)
+    models = sizing.model_list(args.models)
     hidden = sizing.ints(args.hidden, "--hidden")
-    for name in ("batch_size", "seq_len", "points", "threads", "frames", "frame_size", "glyphs"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    sizing.check_positive(args, ("batch_size", "seq_len", "points", "threads", "frames", "frame_size", "glyphs"))
     experiences = streams.parse(args.stream, args.minutes, args.tokens)
     sets = sizing.parse_sets(args.set, models)
     device = runs.resolve_device(args.device)

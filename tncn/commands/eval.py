@@ -69,9 +69,8 @@ def run(args) -> int:
     config, vocab, learner = saved.config, saved.vocab, saved.learner
     data = args.data or config["data"]
     frames = vocab.level == "frames"
-    if frames and (args.protocol or args.batch_size and args.batch_size <= 0):
-        raise UserError("--protocol applies to text; video sequences are whole clips" if args.protocol
-                        else f"--batch-size must be positive, got {args.batch_size}")
+    if frames and args.protocol:
+        raise UserError("--protocol applies to text; video sequences are whole clips")
     protocol = args.protocol or config["protocol"]
     batch_size = args.batch_size or config["batch_size"]
     if batch_size <= 0:

@@ -14,6 +14,23 @@ from tncn.train import build_learner, learner_module
 
 
 
+def model_list(text: str) -> list[str]:
+    """The distinct learner names of a comma-separated ``--models`` value, each checked to exist."""
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if not models or len(set(models)) != len(models):
+        raise UserError(f"--models takes distinct comma-separated names, got {text!r}")
+    for m in models:
+        learner_module(m)
+    return models
+
+
+def check_positive(args, names) -> None:
+    """Every option of ``names`` in the parsed ``args`` is positive, or a ``UserError`` naming it."""
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
 def ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]

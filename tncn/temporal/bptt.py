@@ -18,7 +18,8 @@ softmax output layer (logits o_t = h^L_t W_out + b_out score the symbol after th
 Input (both): ``onehot`` (x^1 = one-hot of the id) or ``embedding`` (a learned table of width
 ``embed``, default the first hidden width). Dense observations (float [T, B, D], e.g. video
 frames) go in as they are, and the output layer then has D units (a sigmoid per pixel, applied by
-the learner's loss): build the model with ``vocab`` = D and ``input="onehot"`` (its sizes are the same). Initial weights are drawn from a ``torch.Generator``
+the learner's loss): build the model with ``vocab`` = D and ``input="onehot"`` (its sizes are the
+same). Initial weights are drawn from a ``torch.Generator``
 (a seed fixes them): U(-1/√H, 1/√H) for the recurrent weights, biases (kernels; PyTorch's own
 default) and the output layer, N(0, 1) for the embedding; the Dense Elman's biases start at zero.
 ``n_params`` counts parameters in closed form and ``width_for_params`` sizes a model to a

@@ -25,12 +25,13 @@ Observations are token ids [T, B] (softmax output, loss: cross-entropy) or, with
 video frames [T, B, D] in [0, 1] fed to the first layer as they are (a sigmoid output per pixel,
 loss: binary cross-entropy summed over the pixels of a frame; scored as BCE per frame).
 
-Loss of a window: the mean cross-entropy (per symbol or per frame) over its scored positions. ``clip_grad``: the total
-gradient norm is clipped to it (``torch.nn.utils.clip_grad_norm_``; 0: off). Any optimizer of
-``tncn.train.make_optimizer`` (Adam, lr 1e-3 by default). Options (``DEFAULTS``): ``hidden``
-(widths, one per layer), ``input`` (onehot or embedding), ``embed`` (embedding width; default the
-first hidden width), ``bptt``, ``clip_grad``, the optimizer's, and ``activation`` (elman only:
-any differentiable activation of ``tncn.layers``). Evaluation has no correction phase to switch off.
+Loss of a window: the mean cross-entropy (per symbol or per frame) over its scored positions.
+``clip_grad``: the total gradient norm is clipped to it (``torch.nn.utils.clip_grad_norm_``; 0:
+off). Any optimizer of ``tncn.train.make_optimizer`` (Adam, lr 1e-3 by default). Options
+(``DEFAULTS``): ``hidden`` (widths, one per layer), ``input`` (onehot or embedding), ``embed``
+(embedding width; default the first hidden width), ``bptt``, ``clip_grad``, the optimizer's, and
+``activation`` (elman only: any differentiable activation of ``tncn.layers``). Evaluation has no
+correction phase to switch off.
 """
 from __future__ import annotations
 
