@@ -69,3 +69,16 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
     assert _train(tiny, tmp_path / "bad", "--steps", "1", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tncn train: error:") and message in err[0]
+
+
+def test_reference_preset_keeps_the_baselines_optimizer():
+    from tncn.commands.train import resolve
+    from tncn.train import learner_module
+
+    ptncn = resolve({}, "reference")
+    assert (ptncn["optimizer"], ptncn["lr"], ptncn["hidden"]) == ("nesterov", 0.075, [1000, 1000])
+    lstm = resolve({"model": "lstm"}, "reference")
+    defaults = learner_module("lstm").DEFAULTS
+    assert (lstm["optimizer"], lstm["lr"]) == (defaults["optimizer"], defaults["lr"])
+    assert (lstm["hidden"], lstm["protocol"], lstm["batch_size"]) == ([1000, 1000], "lines", 50)
+    assert resolve({"model": "lstm", "lr": 0.5}, "reference")["lr"] == 0.5

@@ -48,6 +48,8 @@ PRESETS = {
     "reference": dict(protocol="lines", batch_size=50, hidden=[1000, 1000], optimizer="nesterov", lr=0.075,
                       epochs=1, eval_every=0),
 }
+PTNCN_ONLY = {"reference": ("optimizer", "lr")}
+"""Preset options that are P-TNCN's own: the BPTT baselines keep their optimizer (Adam 1e-3)."""
 BUDGET = ("steps", "epochs", "minutes", "tokens")
 MAY_CHANGE_ON_RESUME = set(BUDGET) | {"device", "threads"}
 SAMPLE_CHARS, SAMPLE_WORDS, SAMPLE_TEMPERATURE = 300, 60, 0.7
@@ -158,7 +160,8 @@ def resolve(explicit: dict, preset: str) -> dict:
     wrong = sorted(k for k in explicit if k not in RUN_DEFAULTS and k not in VIDEO_DEFAULTS and k not in defaults)
     if wrong:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to --model {model}")
-    chosen = {k: v for k, v in PRESETS[preset].items() if k in RUN_DEFAULTS or k in defaults}
+    own = PTNCN_ONLY.get(preset, ()) if model != "ptncn" else ()
+    chosen = {k: v for k, v in PRESETS[preset].items() if (k in RUN_DEFAULTS or k in defaults) and k not in own}
     if any(k in explicit for k in BUDGET):
         chosen = {k: v for k, v in chosen.items() if k not in BUDGET}
     is_video = video.is_video(explicit.get("data", RUN_DEFAULTS["data"]))
