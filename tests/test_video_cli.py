@@ -203,3 +203,19 @@ def test_continual_refuses_mixed_and_bad_streams(tmp_path, tiny, capsys):
     refused(["continual", "--stream", "bouncing-glyphs", "--tokens", "5", "--points", "0",
              "--out", str(tmp_path / "c")],
             "--points must be positive", capsys)
+
+
+def test_continual_json_stream_with_its_own_budgets(tmp_path, tiny, capsys):
+    stream = tmp_path / "stream.json"
+    stream.write_text(json.dumps({"experiences": [
+        {"data": str(tiny), "name": "first", "tokens": 200},
+        {"data": str(tiny), "name": "again", "minutes": 0.002}]}))
+    out = tmp_path / "json"
+    assert main(["continual", "--stream", str(stream), "--models", "gru", "--points", "2", "--hidden", "8",
+                 "--batch-size", "4", "--seq-len", "20", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["stream"] == [{"name": "first", "data": str(tiny), "tokens": 200},
+                                {"name": "again", "data": str(tiny), "minutes": 0.002}]
+    legs = result["models"]["gru"]["experiences"]
+    assert legs[0]["tokens"] >= 200 and legs[1]["train_s"] >= 0.12
+    assert "first: 200 tokens; again: 0.002 min" in (out / "table.md").read_text()
