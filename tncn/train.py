@@ -15,12 +15,13 @@ and keeps this protocol (the P-TNCN one is ``tncn.temporal.ptncn_learner.PTNCNLe
     whether it has a state-correction phase that evaluation can switch off.
 ``train_segment(batch) -> Tally``
     learn from one ``sequences.batching.Batch`` (``tokens`` [T, B] ids or [T, B, D] frames,
-    ``mask``/``score`` [T, B], ``reset``):
-    start from a zero state when ``batch.reset``, otherwise continue the training state carried
-    from the previous call. Returns the summed loss (bits, or BCE nats for frames), count and top-1
-    hits (``tncn.metrics.Tally``) of the predictions of the scored positions, each made before the learner saw that symbol (and before
-    it learned from it). Batches live on the CPU (the learner moves them to its device); ``mask``
-    is float 1/0, and a 0 (padding) is no symbol at all: nothing learns from it or is driven by it.
+    ``mask``/``score`` [T, B], ``reset``): start from a zero state when ``batch.reset``,
+    otherwise continue the training state carried from the previous call. Returns the summed
+    loss (bits, or BCE nats for frames), count and top-1 hits (``tncn.metrics.Tally``) of the
+    predictions of the scored positions, each made before the learner saw that symbol (and
+    before it learned from it). Batches live on the CPU (the learner moves them to its device);
+    ``mask`` is float 1/0, and a 0 (padding) is no symbol at all: nothing learns from it or is
+    driven by it.
 ``eval_segment(batch, correction=True) -> Tally``
     score the same way without changing any weight. Evaluation keeps its own state (started by
     ``batch.reset``) and leaves the training state and the learner's random state untouched, so

@@ -36,7 +36,7 @@ from tncn import runs
 from tncn.checkpoint import set_rng_state
 from tncn.errors import UserError
 from tncn.metrics import unigram_entropy
-from tncn.train import LEARNERS, OPTIMIZERS, Budget, Progress, build_learner, fit, generate, learner_module
+from tncn.train import BUDGET_KEYS, LEARNERS, OPTIMIZERS, Budget, Progress, build_learner, fit, generate, learner_module
 
 RUN_DEFAULTS = dict(data="stdlib", level=None, protocol="stream", seq_len=100, batch_size=32, model="ptncn",
                     steps=None, epochs=None, minutes=None, tokens=None, eval_every=0, seed=0, device="cpu", threads=1)
@@ -50,8 +50,7 @@ PRESETS = {
 }
 PTNCN_ONLY = {"reference": ("optimizer", "lr")}
 """Preset options that are P-TNCN's own: the BPTT baselines keep their optimizer (Adam 1e-3)."""
-BUDGET = ("steps", "epochs", "minutes", "tokens")
-MAY_CHANGE_ON_RESUME = set(BUDGET) | {"device", "threads"}
+MAY_CHANGE_ON_RESUME = set(BUDGET_KEYS) | {"device", "threads"}
 SAMPLE_CHARS, SAMPLE_WORDS, SAMPLE_TEMPERATURE = 300, 60, 0.7
 PLOT_EVERY_S = 60.0  # curves.png is redrawn at most this often during a run, and at its end
 
@@ -162,8 +161,8 @@ def resolve(explicit: dict, preset: str) -> dict:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do(es) not apply to --model {model}")
     own = PTNCN_ONLY.get(preset, ()) if model != "ptncn" else ()
     chosen = {k: v for k, v in PRESETS[preset].items() if (k in RUN_DEFAULTS or k in defaults) and k not in own}
-    if any(k in explicit for k in BUDGET):
-        chosen = {k: v for k, v in chosen.items() if k not in BUDGET}
+    if any(k in explicit for k in BUDGET_KEYS):
+        chosen = {k: v for k, v in chosen.items() if k not in BUDGET_KEYS}
     is_video = video.is_video(explicit.get("data", RUN_DEFAULTS["data"]))
     if is_video:
         given = [k for k in ("level", "protocol", "seq_len") if k in explicit]
@@ -185,7 +184,7 @@ def resolve(explicit: dict, preset: str) -> dict:
     for k in ("batch_size", "seq_len", "eval_every", "threads", *VIDEO_DEFAULTS):
         if config.get(k) is not None and (config[k] < 0 or (config[k] == 0 and k != "eval_every")):
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {config[k]}")
-    Budget(**{k: config.get(k) for k in BUDGET})  # exactly one, positive
+    Budget(**{k: config.get(k) for k in BUDGET_KEYS})  # exactly one, positive
     return config
 
 
@@ -203,10 +202,10 @@ def _resume_config(saved: dict, explicit: dict, out: Path) -> dict:
                         f"({_show(saved.get(k))}); a resumed run keeps its options (only --steps/--epochs/--minutes/"
                         f"--tokens, --device, --threads may change)")
     config = dict(saved)
-    if any(k in explicit for k in BUDGET):
-        config.update({k: explicit.get(k) for k in BUDGET})
+    if any(k in explicit for k in BUDGET_KEYS):
+        config.update({k: explicit.get(k) for k in BUDGET_KEYS})
     config.update({k: explicit[k] for k in ("device", "threads") if k in explicit})
-    Budget(**{k: config.get(k) for k in BUDGET})
+    Budget(**{k: config.get(k) for k in BUDGET_KEYS})
     return config
 
 
@@ -291,7 +290,7 @@ def run(args) -> int:
 
     stop = _StopFlag()
     with stop:
-        progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET}),
+        progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET_KEYS}),
                                 config["eval_every"], progress, on_record, stop.requested)
     runs.save(out, config, vocab, learner, progress)
     if progress.records:
