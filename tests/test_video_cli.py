@@ -81,6 +81,25 @@ def test_train_writes_a_video_run(trained, capsys):
         assert (trained / name).stat().st_size > 0
 
 
+def test_video_resume_equals_an_uninterrupted_run(tmp_path):
+    """Video batches resume inside an epoch (``start``) like text: 3 + 7 steps equal 10 steps, across
+    the epoch boundary at 8 batches (64 training sequences, batch 8)."""
+    args = ["train", "--data", "bouncing-glyphs", *SHAPE, "--hidden", "8", "--batch-size", "8", "--eval-every", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*args, "--steps", "10", "--out", str(whole)]) == 0
+    assert main([*args, "--steps", "3", "--out", str(parts)]) == 0
+    assert main(["train", "--out", str(parts), "--resume", "--steps", "10"]) == 0
+    timing = {"elapsed_s", "tokens_per_s"}
+
+    def records(out):
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(parts) == records(whole)
+    a, b = (runs.load(out).learner.model.state_dict() for out in (whole, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_eval_zero_shot_with_and_without_correction(trained, blobs, tmp_path):
     before = {k: v.clone() for k, v in runs.load(trained).learner.model.state_dict().items()}
     out = {}
