@@ -7,10 +7,13 @@ for every rule: softmax with cross-entropy gives ∂L/∂a^L = (ŷ - y)/B.
 """
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from torch import nn
 
-from tncn.layers import differentiable_activations
+from tncn.layers import Feedback, differentiable_activations
 
 Tensor = torch.Tensor
 
@@ -39,6 +42,18 @@ def require_derivative(net, rule: str) -> None:
             f"rule {rule!r} needs the derivative f' of the activation and {act.name!r} has none; "
             f"use lra-e, or one of {', '.join(a for a in differentiable_activations() if a != 'softmax')}"
         )
+
+
+def fixed_feedback(net, shapes: list[tuple[int, int]], std: Optional[float], seed: int) -> nn.ModuleList:
+    """Fixed random feedback matrices B of the given [n_from, n_to] shapes, drawn in order from one
+    generator seeded by ``seed``, on the network's device; ``std`` None takes 1/√n_to each."""
+    gen = torch.Generator().manual_seed(int(seed))
+    dev = net.layers[0].weight.device
+    return nn.ModuleList(
+        Feedback(n_from, n_to, learned=False, std=(1.0 / math.sqrt(n_to)) if std is None else std,
+                 generator=gen).to(dev)
+        for n_from, n_to in shapes
+    )
 
 
 def output_error(logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,14 +11,11 @@ With one hidden layer DFA and FA coincide. The B are buffers (``tncn.layers.Feed
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
-from torch import nn
 
-from tncn.layers import Feedback
-from tncn.learners.base import Learner, output_error, require_derivative, write_layer_grads
+from tncn.learners.base import Learner, fixed_feedback, output_error, require_derivative, write_layer_grads
 
 Tensor = torch.Tensor
 
@@ -37,15 +34,9 @@ class DirectFeedbackAlignment(Learner):
     def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
         require_derivative(net, self.name)
         super().__init__(net)
-        gen = torch.Generator().manual_seed(int(seed))
-        dev = net.layers[0].weight.device
         n_classes = net.layers[-1].n_out
-        self.feedback = nn.ModuleList(
-            Feedback(n_classes, layer.n_out, learned=False,
-                     std=(1.0 / math.sqrt(layer.n_out)) if feedback_std is None else feedback_std,
-                     generator=gen).to(dev)
-            for layer in net.layers[:-1]
-        )
+        self.feedback = fixed_feedback(net, [(n_classes, layer.n_out) for layer in net.layers[:-1]],
+                                       feedback_std, seed)
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:

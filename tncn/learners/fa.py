@@ -10,14 +10,11 @@ With B^{l+1} = (W^{l+1})ᵀ this is exactly backprop. The B are buffers (``tncn.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
-from torch import nn
 
-from tncn.layers import Feedback
-from tncn.learners.base import Learner, output_error, require_derivative, write_layer_grads
+from tncn.learners.base import Learner, fixed_feedback, output_error, require_derivative, write_layer_grads
 
 Tensor = torch.Tensor
 
@@ -37,14 +34,8 @@ class FeedbackAlignment(Learner):
     def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
         require_derivative(net, self.name)
         super().__init__(net)
-        gen = torch.Generator().manual_seed(int(seed))
-        dev = net.layers[0].weight.device
-        self.feedback = nn.ModuleList(
-            Feedback(layer.n_out, layer.n_in, learned=False,
-                     std=(1.0 / math.sqrt(layer.n_in)) if feedback_std is None else feedback_std,
-                     generator=gen).to(dev)
-            for layer in net.layers[1:]
-        )
+        self.feedback = fixed_feedback(net, [(layer.n_out, layer.n_in) for layer in net.layers[1:]],
+                                       feedback_std, seed)
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:
