@@ -14,11 +14,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 LN2 = math.log(2.0)
+
+
+class Metric(NamedTuple):
+    """How a score is named: table column, axis unit, short unit, its no-context baseline, what a token is."""
+
+    column: str
+    unit: str
+    short: str
+    baseline: str
+    tokens: str
+
+
+METRICS = {"bpc": Metric("BPC", "bits per symbol", "bits/symbol", "unigram entropy", "symbols"),
+           "bce": Metric("BCE/frame", "nats BCE per frame", "nats BCE/frame", "mean-pixel baseline", "frames")}
+"""The scores of a learner's ``metric``: bits per symbol (text), BCE per frame (video)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from sequences import text, video
 from sequences.vocab import Vocabulary
 from tncn import checkpoint
 from tncn.errors import UserError
+from tncn.metrics import METRICS
 from tncn.train import Progress, build_learner, learner_module
 
 KIND = "sequence"
@@ -146,7 +147,7 @@ def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baselin
         ax.plot(x, [r[f"valid_{metric}"] for r in records], "s-", label="valid")
         if baseline is not None:
             ax.axhline(baseline, color="gray", ls="--", lw=1,
-                       label="unigram entropy" if metric == "bpc" else "mean-pixel baseline")
+                       label=METRICS[metric].baseline)
         ax.set_xlabel(label)
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)

@@ -59,13 +59,12 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from tncn.errors import UserError
-from tncn.metrics import Tally
+from tncn.metrics import METRICS, Tally
 
 LEARNERS = {"ptncn": "tncn.temporal.ptncn_learner", "rnn": "tncn.temporal.bptt_rnn", "gru": "tncn.temporal.bptt_gru",
             "lstm": "tncn.temporal.bptt_lstm", "elman": "tncn.temporal.bptt_elman"}
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 BUDGET_KEYS = ("steps", "epochs", "minutes", "tokens")
-UNITS = {"bpc": "bits/symbol", "bce": "nats BCE/frame"}
 
 
 def learner_module(kind: str):
@@ -201,6 +200,11 @@ class Budget:
         return p.elapsed_s >= 60.0 * self.minutes
 
 
+NEVER = Budget(steps=sys.maxsize)
+"""A budget that is never spent: ``fit``'s ``should_stop`` ends such a run (at marks of a budget
+counted in training time or tokens, as ``tncn compare`` and ``tncn continual`` do)."""
+
+
 @dataclass
 class Progress:
     """Where a run stands; plain data, saved with each checkpoint."""
@@ -268,7 +272,7 @@ def fit(learner, train, valid, budget: Budget, eval_every: int = 0, progress: Op
         p.records.append(rec)
         if on_record is not None:
             on_record(rec, p)
-        pbar.write(f"step {p.step}: train {running.mean:.4f}  valid {v.mean:.4f} {UNITS[metric]}  "
+        pbar.write(f"step {p.step}: train {running.mean:.4f}  valid {v.mean:.4f} {METRICS[metric].short}  "
                    f"({p.tokens:,} tokens, {p.elapsed_s:.0f} s)", file=sys.stderr)
 
     try:

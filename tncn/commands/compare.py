@@ -45,10 +45,10 @@ import torch
 from tncn import runs
 from tncn.commands import sizing
 from tncn.errors import UserError
-from tncn.train import Budget, Progress, build_learner, evaluate, fit
+from tncn.metrics import METRICS
+from tncn.train import NEVER, Progress, build_learner, evaluate, fit
 
 DEFAULT_MODELS = "ptncn,lstm,gru,rnn"
-NEVER = Budget(steps=sys.maxsize)  # each leg of a run ends by the stop rule instead
 
 
 def register(sub) -> None:
@@ -287,14 +287,9 @@ def _label(kind: str, m: dict) -> str:
     return f"{kind} ({','.join(map(str, m['hidden']))})"
 
 
-METRICS = {"bpc": ("BPC", "bits per symbol", "unigram entropy", "symbols"),
-           "bce": ("BCE/frame", "nats BCE per frame", "mean-pixel baseline", "frames")}
-"""metric -> (column name, axis label, name of the no-context baseline, what tokens are)."""
-
-
 def format_table(result: dict) -> str:
     metric = result["metric"]
-    column, unit, baseline, tokens = METRICS[metric]
+    column, unit, _, baseline, tokens = METRICS[metric]
     budget = result["budget"]
     what = f"{budget['minutes']:g} min of training" if "minutes" in budget else f"{budget['tokens']:,} training {tokens}"
     lines = [f"{result['data']}, {result['protocol']} protocol, batch {result['batch_size']}, {what} per model, "
@@ -322,7 +317,7 @@ def plot_curves(out: Path, result: dict) -> None:
     from matplotlib.figure import Figure
 
     metric = result["metric"]
-    _, unit, baseline, tokens = METRICS[metric]
+    _, unit, _, baseline, tokens = METRICS[metric]
     for key, name, xlabel in (("seconds", f"{metric}_vs_time.png", "training time (s)"),
                               ("tokens", f"{metric}_vs_tokens.png", f"training {tokens}")):
         fig = Figure(figsize=(6.5, 4.5), layout="constrained")

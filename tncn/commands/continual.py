@@ -34,11 +34,9 @@ import torch
 from tncn import continual, runs
 from tncn.commands import sizing
 from tncn.errors import UserError
-from tncn.train import UNITS as SHORT_UNITS
-from tncn.train import Budget, Progress, build_learner, evaluate, fit
+from tncn.metrics import METRICS
+from tncn.train import NEVER, Progress, build_learner, evaluate, fit
 
-NEVER = Budget(steps=sys.maxsize)  # each leg ends by the stop rule instead
-UNITS = {"bpc": "bits per symbol", "bce": "nats BCE per frame"}
 
 
 def register(sub) -> None:
@@ -179,14 +177,14 @@ def run(args) -> int:
         settings = {k: v for k, v in settings.items() if k not in ("frames", "frame_size", "glyphs")}
         settings["level"] = vocab.level
     args_b = (vocab, settings["protocol"], settings["batch_size"], settings["seq_len"])
-    for e, d in zip(experiences, data):  # a batch size the data cannot fill fails here, in one line
+    for d in data:  # a batch size the data cannot fill fails here, in one line
         d.batches("train", *args_b, args.seed)
         d.batches("test", *args_b, clamp=True)
     options, target = sizing.plan(models, len(vocab), hidden, args.match, args.bptt, sets, args.seed, frames)
 
     out.mkdir(parents=True, exist_ok=True)
     names = [e.name for e in experiences]
-    result = dict(stream=streams.to_json(experiences), **settings, metric=metric, unit=UNITS[metric],
+    result = dict(stream=streams.to_json(experiences), **settings, metric=metric, unit=METRICS[metric].unit,
                   higher_is_better=False, points=args.points, seed=args.seed, threads=args.threads,
                   device=str(device), torch=torch.__version__, size=len(vocab), ptncn_params=target, models={})
     for kind in models:
@@ -197,14 +195,14 @@ def run(args) -> int:
         result["models"][kind]["wall_s"] = round(time.perf_counter() - t0, 1)
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     matrices = {k: m["R"] for k, m in result["models"].items()}
-    continual.plot_matrix(out / "matrix.png", matrices, names, UNITS[metric])
+    continual.plot_matrix(out / "matrix.png", matrices, names, METRICS[metric].unit)
     curves = {k: m["curve"] for k, m in result["models"].items()}
-    continual.plot_curves(out / "curves.png", curves, names, UNITS[metric])
+    continual.plot_curves(out / "curves.png", curves, names, METRICS[metric].unit)
     table = continual.format_table({k: m["summary"] for k, m in result["models"].items()}, matrices, names,
-                                   SHORT_UNITS[metric])
+                                   METRICS[metric].short)
     budgets = "; ".join(f"{e.name}: " + (f"{e.minutes:g} min" if e.minutes is not None else f"{e.tokens:,} tokens")
                         for e in experiences)
-    table = f"stream {' → '.join(names)} (budgets {budgets}; test-split {UNITS[metric]}, lower is better)\n\n" + table
+    table = f"stream {' → '.join(names)} (budgets {budgets}; test-split {METRICS[metric].unit}, lower is better)\n\n" + table
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(f"results in {out}")

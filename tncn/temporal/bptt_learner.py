@@ -89,6 +89,7 @@ class BPTTLearner:
         self.kind = kind
         self.frames = bool(frames)
         self.metric = "bce" if self.frames else "bpc"
+        self._score = score_frames if self.frames else score_logits
         self.options = dict(options)
         self.window = parse_bptt(options["bptt"])
         try:
@@ -138,7 +139,7 @@ class BPTTLearner:
                 logits = self.model.logits(top).reshape(-1, self.vocab)
                 y = targets[s:s + K].reshape(len(logits), -1) if self.frames else targets[s:s + K].reshape(-1)
                 m = score[s:s + K].reshape(-1)
-                b, h = (score_frames if self.frames else score_logits)(logits.detach(), y, m)
+                b, h = self._score(logits.detach(), y, m)
                 bits += b
                 hits += h
                 if learn and n:
