@@ -29,8 +29,7 @@ def fast_runner(V, hidden, B):
 
     def run(steps):
         for _ in range(steps):
-            model.step(torch.randint(0, V, (B,), generator=gen))
-            if model.local_updates():
+            if model.train_step(torch.randint(0, V, (B,), generator=gen)):
                 opt.step()
     return run
 

@@ -4,6 +4,7 @@ L = 2, batch 50, vocabulary 49, random ids, the reference optimizer (SGD, Nester
 Prints milliseconds per step (process CPU time) and the operators sorted by their own time.
 
     python scripts/profile_step.py --hidden 1000 --threads 1
+    python scripts/profile_step.py --hidden 256 --threads 1 --compile   # the torch.compile'd step
 """
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--rows", type=int, default=12)
+    ap.add_argument("--compile", action="store_true", help="profile the step compiled by PTNCN.compile_step")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = tncn.PTNCN(args.vocab, [args.hidden] * args.layers)
+    if args.compile:
+        model.compile_step()
     opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
     model.reset(args.batch)
     gen = torch.Generator().manual_seed(0)
@@ -36,8 +40,7 @@ def main():
 
     def run(steps, offset=0):
         for t in range(steps):
-            model.step(data[offset + t])
-            if model.local_updates():
+            if model.train_step(data[offset + t]):
                 opt.step()
     run(3)
     t0 = time.process_time()
@@ -48,6 +51,7 @@ def main():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run(args.steps, 1)
     print(f"L = {args.layers}, H = {args.hidden}, batch {args.batch}, vocab {args.vocab}, "
+          f"{'compiled' if args.compile else 'eager'}, "
           f"{torch.get_num_threads()} threads: {per_step * 1e3:.2f} ms CPU per step, "
           f"{args.batch / per_step:,.0f} tokens per CPU-second")
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)

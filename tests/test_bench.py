@@ -22,6 +22,18 @@ def test_flops_count_the_temporal_rule_and_dense_inputs():
     assert bench.ptncn_flops_per_token(tncn.PTNCN(D, [H, H], tokens=False)) == base + 2 * 2 * D * H
 
 
+def test_step_bytes_and_bound_closed_forms():
+    model = tncn.PTNCN(49, [1000, 1000])
+    n = 3 * 49 * 1000 + 6 * 1000 * 1000  # M1, W1, E1 and V1, U1, M2, V2, W2, E2: 6.15 M weights
+    assert bench.ptncn_step_bytes(model) == 6 * 4 * n
+    flops = bench.ptncn_flops_per_token(model)
+    # only products: the matmul rate over the FLOPs; only traffic: the bandwidth over the bytes, per batch
+    assert bench.ptncn_bound(flops, 0, 50, 100.0, 35.0) == pytest.approx(100e9 / flops)
+    assert bench.ptncn_bound(0.0, 10**9, 50, 100.0, 35.0) == pytest.approx(50 * 35.0)
+    both = 50 / (50 * flops / 100e9 + 6 * 4 * n / 35e9)
+    assert bench.ptncn_bound(flops, 6 * 4 * n, 50, 100.0, 35.0) == pytest.approx(both)
+
+
 def test_ptncn_memory_does_not_grow_with_sequence_length():
     peak_short, _ = bench.peak_memory_mb("ptncn", 20, hidden=64, batch=8)
     peak_long, growth = bench.peak_memory_mb("ptncn", 400, hidden=64, batch=8)

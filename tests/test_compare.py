@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +125,34 @@ def test_child_main_reads_a_task_and_writes_its_result(tmp_path):
 def test_a_task_runs_in_a_child_process():
     result = compare._spawn(_memory_task(), threads=1)
     assert set(result) == {"peak_mb", "growth_mb"} and result["peak_mb"] > 0
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from Linux's /proc")
+def test_terminating_compare_ends_its_child_run(tiny, tmp_path):
+    """A SIGTERM (kill) to ``tncn compare`` must not leave the model's run going on its own."""
+    parent = subprocess.Popen([sys.executable, "-m", "tncn", "compare", "--data", str(tiny), "--models", "lstm",
+                               "--hidden", "12,12", "--batch-size", "4", "--minutes", "5", "--out", str(tmp_path / "x")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().split() and time.monotonic() < deadline:
+        assert parent.poll() is None, "compare ended before starting its run"
+        time.sleep(0.2)
+    child = int(children.read_text().split()[0])
+    parent.terminate()
+    assert parent.wait(timeout=30) != 0
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
 
 
 @pytest.mark.parametrize("args,message", [

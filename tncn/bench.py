@@ -3,9 +3,13 @@
 One run measures, side by side (so ratios are meaningful on a noisy shared machine):
 
 - the float32 matrix-multiply rate of this machine (GFLOP/s), square and at P-TNCN's shape;
-- tokens/s of a P-TNCN training step (hypothesize, correct, local updates, reference Nesterov SGD)
-  and its *useful* GFLOP/s: the FLOPs of the products the equations need (``ptncn_flops_per_token``)
-  divided by the time, as a fraction of the measured matrix-multiply rate;
+- tokens/s of a P-TNCN training step (hypothesize, correct, local updates, reference Nesterov SGD),
+  eager and through ``torch.compile``, and its *useful* GFLOP/s: the FLOPs of the products the
+  equations need (``ptncn_flops_per_token``) divided by the time, as a fraction of the measured
+  matrix-multiply rate;
+- a bound for the P-TNCN recipe from two measured rates (``ptncn_bound``): its products at the
+  matmul rate of the step's own shape, then its weight traffic (``ptncn_step_bytes``) at the
+  measured memory bandwidth;
 - tokens/s of LSTM and GRU training with truncated BPTT (window 50) at the same width, depth, batch;
 - peak memory growth of one training pass over a single sequence of length T for P-TNCN and for an
   LSTM trained by full BPTT (each in a fresh subprocess; CPU: growth of the peak resident set size
@@ -63,6 +67,26 @@ def matmul_gflops(m: int, k: int, n: int, device="cpu", repeats: int = 5) -> flo
     return _median_rate(run, 2 * m * k * n * calls / 1e9, repeats, device)
 
 
+def stream_gbps(device="cpu", n: int = 2**25, repeats: int = 5) -> float:
+    """Measured memory bandwidth (GB/s) of c = a + b over float32 arrays of n elements (12n bytes)."""
+    a, b = torch.rand(n, device=device), torch.rand(n, device=device)
+    c = torch.empty(n, device=device)
+    return _median_rate(lambda: torch.add(a, b, out=c), 12 * n / 1e9, repeats, device)
+
+
+def ptncn_step_bytes(model: "tncn.PTNCN") -> int:
+    """Bytes of weight-sized memory traffic in one training step with the fused Nesterov SGD:
+    each update is written once (ΔM^1 for tokens: zeroed, then B rows added), then the optimizer
+    reads weight, update and momentum and writes weight and momentum: 6 weight-sized passes."""
+    return sum(6 * p.numel() * p.element_size() for p in model.parameters())
+
+
+def ptncn_bound(flops_per_token: float, step_bytes: int, batch: int, gflops: float, gbps: float) -> float:
+    """Tokens/s a step could reach if its products ran at ``gflops`` and its weight traffic at
+    ``gbps``, one after the other, and nothing else cost time (a roofline for the recipe)."""
+    return batch / (flops_per_token * batch / (gflops * 1e9) + step_bytes / (gbps * 1e9))
+
+
 def ptncn_flops_per_token(model: "tncn.PTNCN") -> float:
     """FLOPs per observation that the P-TNCN equations need (DESIGN.md §4), K = 1.
 
@@ -82,9 +106,13 @@ def ptncn_flops_per_token(model: "tncn.PTNCN") -> float:
     return flops
 
 
-def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, fused=True) -> float:
-    """Tokens/s of P-TNCN training steps on random ids (or dense frames)."""
+def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, fused=True,
+                     compiled=False) -> float:
+    """Tokens/s of P-TNCN training steps (``PTNCN.train_step``) on random ids (or dense frames);
+    ``compiled``: through ``PTNCN.compile_step`` (compiled in the untimed warm-up)."""
     model = tncn.PTNCN(vocab, hidden, tokens=tokens).to(device)
+    if compiled:
+        model.compile_step()
     kw = {"fused": True} if fused else {}
     opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, **kw)
     model.reset(batch)
@@ -95,8 +123,7 @@ def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True,
 
     def run():
         for t in range(steps):
-            model.step(data[t])
-            if model.local_updates():
+            if model.train_step(data[t]):
                 opt.step()
     return _median_rate(run, steps * batch, repeats, device)
 
@@ -150,9 +177,8 @@ def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device
         model = tncn.PTNCN(vocab, [hidden, hidden]).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
         model.reset(batch)
-        model.step(data[0])
-        model.step(data[1])
-        model.local_updates()
+        model.train_step(data[0])
+        model.train_step(data[1])
         opt.step()   # grads and momentum buffers exist before the baseline is taken
     else:
         model = _RNNLM("lstm", vocab, hidden, 2).to(device)
@@ -161,8 +187,7 @@ def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device
     if kind == "ptncn":
         model.reset(batch)
         for t in range(T):
-            model.step(data[t])
-            if model.local_updates():
+            if model.train_step(data[t]):
                 opt.step()
     else:
         logits, _ = model(data[:-1])
@@ -214,6 +239,8 @@ class Row:
     tokens_per_s: float | None = None
     useful_gflops: float | None = None
     fraction_of_matmul_peak: float | None = None
+    bound_tokens_per_s: float | None = None
+    fraction_of_bound: float | None = None
     peak_memory_mb: float | None = None
     note: str = ""
 
@@ -222,36 +249,46 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
     """Measure everything; return the JSON-ready result (also see ``format_table``)."""
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": repeats, "rows": []}
-    progress("matrix multiply ...")
+    progress("matrix multiply and memory bandwidth ...")
     result["matmul_gflops"] = matmul_gflops(2048, 2048, 2048, device, repeats)
     result["matmul_gflops_50x1000x1000"] = matmul_gflops(50, 1000, 1000, device, repeats)
-    peak = result["matmul_gflops"]
-    rows = []
-    widths = [256] if quick else [256, 1000]
-    for H in widths:
-        progress(f"P-TNCN H={H} ...")
-        model = tncn.PTNCN(49, [H, H])
-        rate = ptncn_train_rate([H, H], 49, 50, device, repeats)
-        useful = rate * ptncn_flops_per_token(model) / 1e9
-        rows.append(Row(f"P-TNCN L=2 H={H} B=50 V=49", rate, useful, useful / peak))
+    result["stream_gbps"] = stream_gbps(device, repeats=repeats)
+    rows, shape_gflops = [], {}
+
+    def ptncn_row(config, model, rate, note=""):
+        flops = ptncn_flops_per_token(model)
+        H = model.hidden[0]
+        if H not in shape_gflops:
+            shape_gflops[H] = matmul_gflops(50, H, H, device, repeats)
+        bound = ptncn_bound(flops, ptncn_step_bytes(model), 50, shape_gflops[H], result["stream_gbps"])
+        useful = rate * flops / 1e9
+        return Row(config, rate, useful, useful / result["matmul_gflops"], bound, rate / bound, note=note)
+
+    for H in [256] if quick else [256, 1000]:
+        rates = {}
+        for compiled in (False, True):
+            progress(f"P-TNCN H={H}{' compiled' if compiled else ''} ...")
+            rates[compiled] = ptncn_train_rate([H, H], 49, 50, device, repeats, compiled=compiled)
+            rows.append(ptncn_row(f"P-TNCN L=2 H={H} B=50 V=49{', torch.compile' if compiled else ''}",
+                                  tncn.PTNCN(49, [H, H]), rates[compiled],
+                                  f"compiled / eager = {rates[True] / rates[False]:.2f}" if compiled else ""))
         for cell in ("lstm", "gru"):
             progress(f"{cell.upper()} H={H} ...")
             r = bptt_train_rate(cell, H, 2, 49, 50, 50, device, repeats)
             rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
-                            note=f"P-TNCN / {cell.upper()} = {rate / r:.2f}"))
+                            note=f"P-TNCN / {cell.upper()} = {rates[False] / r:.2f} eager, "
+                                 f"{rates[True] / r:.2f} compiled"))
     if not quick:
         progress("P-TNCN word level ...")
-        model = tncn.PTNCN(10000, [1000, 1000])
         rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))
-        useful = rate * ptncn_flops_per_token(model) / 1e9
-        rows.append(Row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", rate, useful, useful / peak))
-    lengths = [100, 1000] if quick else [100, 1000, 10000]
+        rows.append(ptncn_row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", tncn.PTNCN(10000, [1000, 1000]), rate))
     for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
-        for T in lengths:
+        for T in [100, 1000] if quick else [100, 1000, 10000]:
             progress(f"memory {label} T={T} ...")
-            peak, growth = peak_memory_mb(kind, T, device=device)
-            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=peak,
+            peak_mb_, growth = peak_memory_mb(kind, T, device=device)
+            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=peak_mb_,
                             note=f"growth during the pass: {growth:,.1f} MB"))
+    result["matmul_gflops_50xHxH"] = shape_gflops  # the rates the bounds used, by width H
     result["rows"] = [r.__dict__ for r in rows]
     return result
 
@@ -262,14 +299,19 @@ def format_table(result: dict) -> str:
     lines = [
         f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, median of {result['repeats']}",
         f"matrix multiply: {result['matmul_gflops']:.0f} GFLOP/s (2048³), "
-        f"{result['matmul_gflops_50x1000x1000']:.0f} GFLOP/s (50×1000 @ 1000×1000)",
+        f"{result['matmul_gflops_50x1000x1000']:.0f} GFLOP/s (50×1000 @ 1000×1000); "
+        f"memory bandwidth {result['stream_gbps']:.1f} GB/s (c = a + b)",
+        "bound: the tokens/s if the step's products ran at the measured rate of its shape (50×H @ H×H) and "
+        "its weight traffic (updates, fused Nesterov step) at the measured bandwidth, and nothing else cost time",
         "",
-        "| configuration | tokens/s | useful GFLOP/s | fraction of matmul peak | peak memory MB | note |",
-        "|---|---|---|---|---|---|",
+        "| configuration | tokens/s | useful GFLOP/s | fraction of matmul peak | bound tokens/s | fraction of bound "
+        "| peak memory MB | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['config']} | {f(r['tokens_per_s'], ',.0f')} | {f(r['useful_gflops'], '.1f')} | "
-                     f"{f(r['fraction_of_matmul_peak'], '.0%')} | {f(r['peak_memory_mb'], ',.0f')} | {r['note']} |")
+                     f"{f(r['fraction_of_matmul_peak'], '.0%')} | {f(r['bound_tokens_per_s'], ',.0f')} | "
+                     f"{f(r['fraction_of_bound'], '.0%')} | {f(r['peak_memory_mb'], ',.0f')} | {r['note']} |")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,10 +97,18 @@ def _spawn(task: dict, threads: int) -> dict:
         spec.write_text(json.dumps(task))
         code = "import sys; from tncn.commands.compare import child_main; child_main(sys.argv[1], sys.argv[2])"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-c", code, str(spec), str(result)], env=env)
+        previous = signal.signal(signal.SIGTERM, _exit_on_term)
+        try:  # a SIGTERM (kill) ends the child too: subprocess.run kills it on any exception
+            proc = subprocess.run([sys.executable, "-c", code, str(spec), str(result)], env=env)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if proc.returncode != 0:
             raise UserError(f"the {task['kind']} run stopped with exit status {proc.returncode} (its messages are above)")
         return json.loads(result.read_text())
+
+
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def child_main(spec_path: str, result_path: str) -> None:

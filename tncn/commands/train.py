@@ -50,7 +50,7 @@ PRESETS = {
 }
 PTNCN_ONLY = {"reference": ("optimizer", "lr")}
 """Preset options that are P-TNCN's own: the BPTT baselines keep their optimizer (Adam 1e-3)."""
-MAY_CHANGE_ON_RESUME = set(BUDGET_KEYS) | {"device", "threads"}
+MAY_CHANGE_ON_RESUME = set(BUDGET_KEYS) | {"device", "threads", "compile"}
 SAMPLE_CHARS, SAMPLE_WORDS, SAMPLE_TEMPERATURE = 300, 60, 0.7
 PLOT_EVERY_S = 60.0  # curves.png is redrawn at most this often during a run, and at its end
 
@@ -109,6 +109,9 @@ def register(sub) -> None:
     m.add_argument("--init", choices=["normal", "uniform", "orthogonal", "zeros"], help="weight initialiser (normal)")
     m.add_argument("--init-std", type=float, help="standard deviation of the initial weights (0.05)")
     m.add_argument("--e-init-std", type=float, help="standard deviation of the initial error weights (0.05)")
+    m.add_argument("--compile", action="store_const", const=True,
+                   help="run each training step as one torch.compile graph (compiling takes up to a minute; "
+                        "same numbers up to float rounding)")
     t = p.add_argument_group("model (BPTT baselines: rnn, gru, lstm, elman)")
     t.add_argument("--bptt", help="full (default: one backward per batch) or K: truncated BPTT, windows of K steps")
     t.add_argument("--clip-grad", type=float, help="clip the total gradient norm to this (5.0; 0: off)")

@@ -33,7 +33,9 @@ One time step:
    ``SGD(lr=0.075, momentum=0.95, nesterov=True)``).
 5. carry y^l_t and x_t to t+1.
 
-Nothing here builds an autograd graph; memory does not grow with sequence length.
+``train_step`` runs steps 1-5 in one call (steps 1-4 as the pure function ``_fused``), which
+``compile_step`` hands to ``torch.compile``. Nothing here builds an autograd graph; memory does
+not grow with sequence length.
 """
 from __future__ import annotations
 
@@ -163,6 +165,7 @@ class PTNCN(nn.Module):
         self._state: Optional[dict] = None
         self._hyp: Optional[dict] = None
         self._last: Optional[dict] = None
+        self._compiled = None  # torch.compile'd _fused, after compile_step()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -256,19 +259,22 @@ class PTNCN(nn.Module):
             raise RuntimeError("call reset(batch_size) before the first step")
         if self._hyp is None:
             st = self._state
-            y = st["y"]
-            a = [None] * (self.L + 1)
-            for l in range(1, self.L + 1):
-                a_l = self._input_drive(st["x"], st["m"]) if l == 1 else y[l - 1] @ self._w("M", l)
-                a_l = torch.addmm(a_l, y[l], self._w("V", l))
-                U = self._w("U", l)
-                if U is not None:
-                    a_l = torch.addmm(a_l, y[l + 1], U)
-                a[l] = a_l
-            z = [None] + [self.f(a[l], self.generator) for l in range(1, self.L + 1)]
-            logits, p = self._predict(z)
-            self._hyp = dict(a=a, z=z, logits=logits, p=p, x_hat=self._g0(logits))
+            self._hyp = self._hypothesis(st["y"], st["x"], st["m"])
         return self._hyp["x_hat"]
+
+    def _hypothesis(self, y: list, x_prev: Tensor, m_prev: Tensor) -> dict:
+        """Step 1 from the carried states y^l_{t-1} and x_{t-1}: a^l, z^l, the logits, p^l and x̂_t."""
+        a = [None] * (self.L + 1)
+        for l in range(1, self.L + 1):
+            a_l = self._input_drive(x_prev, m_prev) if l == 1 else y[l - 1] @ self._w("M", l)
+            a_l = torch.addmm(a_l, y[l], self._w("V", l))
+            U = self._w("U", l)
+            if U is not None:
+                a_l = torch.addmm(a_l, y[l + 1], U)
+            a[l] = a_l
+        z = [None] + [self.f(a[l], self.generator) for l in range(1, self.L + 1)]
+        logits, p = self._predict(z)
+        return dict(a=a, z=z, logits=logits, p=p, x_hat=self._g0(logits))
 
     @property
     def last_logits(self) -> Tensor:
@@ -300,8 +306,13 @@ class PTNCN(nn.Module):
         (scoring "without the correction phase"); no weight update may follow such a step.
         """
         self.hypothesize()
-        st, h = self._state, self._hyp
         x, m = self._check_observation(x, mask)
+        h = self._hyp
+        y, e, eps = self._correction(h, x, m)
+        self._advance(h["z"], h["logits"], y, e, eps, x, m, update_states)
+
+    def _correction(self, h: dict, x: Tensor, m: Tensor) -> tuple[list, list, list]:
+        """Steps 2-3: the targets y^l (K corrections), the first error units e^l and ε^l = (z - y) m."""
         z, a = h["z"], h["a"]
         e_first = None
         s, a_k = z, a
@@ -314,14 +325,20 @@ class PTNCN(nn.Module):
             e = self._errors(x_hat, p, s, x, m)
             if e_first is None:
                 e_first = e
-            a_k = [None] + [torch.add(a_k[l], self._disturbance(l, e, a[l]), alpha=-self.beta) for l in range(1, self.L + 1)]
+            # a - β d written out: inductor (torch 2.13) drops alpha in add(x, mm, alpha=c)
+            # (pytorch/pytorch#167313, #196577), which broke the compiled step
+            a_k = [None] + [a_k[l] - self.beta * self._disturbance(l, e, a[l]) for l in range(1, self.L + 1)]
             s = [None] + [self.f(a_k[l], self.generator) for l in range(1, self.L + 1)]
-        y = s
         mc = m.unsqueeze(1)
-        eps = [None] + [(z[l] - y[l]) * mc for l in range(1, self.L + 1)]
+        eps = [None] + [(z[l] - s[l]) * mc for l in range(1, self.L + 1)]
+        return s, e_first, eps
+
+    def _advance(self, z, logits, y, e, eps, x, m, update_states: bool) -> None:
+        """Step 5: keep what the updates need, carry y (or z) and x_t to t+1."""
+        st = self._state
         self._last = dict(
-            z=z, e=e_first, eps=eps, y_prev=st["y"], x_prev=st["x"], m_prev=st["m"],
-            eps_prev=st["eps"], logits=h["logits"], t=st["t"], corrected=update_states,
+            z=z, e=e, eps=eps, y_prev=st["y"], x_prev=st["x"], m_prev=st["m"],
+            eps_prev=st["eps"], logits=logits, t=st["t"], corrected=update_states,
         )
         st["y"] = y if update_states else z
         st["x"], st["m"], st["eps"] = x, m, eps
@@ -372,10 +389,6 @@ class PTNCN(nn.Module):
 
         Returns False (and clears the gradients) for the first step after ``reset``, which the
         reference does not learn from (no previous state); True otherwise.
-
-        Every update is an outer product Aᵀ B of two batch-sized factors. Its Frobenius norm comes
-        from the two B×B Gram matrices (‖AᵀB‖² = Σ (AAᵀ) ⊙ (BBᵀ)), all clip factors in one vector
-        operation, and each product is written once, already scaled, into a reused grad buffer.
         """
         last = self._last
         if last is None:
@@ -386,11 +399,21 @@ class PTNCN(nn.Module):
             for prm in self.parameters():
                 prm.grad = None
             return False
-        z, e, eps, y_prev = last["z"], last["e"], last["eps"], last["y_prev"]
-        x_prev, m_prev = last["x_prev"], last["m_prev"]
+        self._updates(last["z"], last["e"], last["eps"], last["y_prev"], last["x_prev"], last["m_prev"],
+                      last["eps_prev"], out=lambda name: _grad_buffer(getattr(self, name)))
+        return True
+
+    def _updates(self, z, e, eps, y_prev, x_prev, m_prev, eps_prev, out=None) -> dict:
+        """Step 4: the clipped, batch-averaged updates {parameter name: tensor}.
+
+        Every update is an outer product Aᵀ B of two batch-sized factors. Its Frobenius norm comes
+        from the two B×B Gram matrices (‖AᵀB‖² = Σ (AAᵀ) ⊙ (BBᵀ)), all clip factors in one vector
+        operation, and each product is written once, already scaled: into ``out(name)`` (a reused
+        buffer) when given, else into a new tensor.
+        """
         B = z[1].shape[0]
         transpose_rule = self.e_rule == "transpose"
-        # factors of each update: (parameter, A, A's key, B, B's key, sign·γ)
+        # factors of each update: (parameter name, A, A's key, B, B's key, sign·γ)
         jobs = []
         for l in range(1, self.L + 1):
             if l == 1:
@@ -399,14 +422,14 @@ class PTNCN(nn.Module):
                 err, err_key = eps[l - 1], ("eps", l - 1)
             else:
                 err, err_key = e[l - 1], ("e", l - 1)
-            jobs.append((self._w("W", l), z[l], ("z", l), err, err_key, 1.0))
+            jobs.append((f"W{l}", z[l], ("z", l), err, err_key, 1.0))
             if not transpose_rule:
-                diff = eps[l] - last["eps_prev"][l]
-                jobs.append((self._w("E", l), diff, ("diff", l), e[l - 1], ("e", l - 1), -self.gamma))
-            jobs.append((self._w("M", l), x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
-            jobs.append((self._w("V", l), y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
+                diff = eps[l] - eps_prev[l]
+                jobs.append((f"E{l}", diff, ("diff", l), e[l - 1], ("e", l - 1), -self.gamma))
+            jobs.append((f"M{l}", x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
+            jobs.append((f"V{l}", y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
             if self._w("U", l) is not None:
-                jobs.append((self._w("U", l), y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
+                jobs.append((f"U{l}", y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
         grams = {}
         for _, A, ka, Bm, kb, _ in jobs:
             for key, t in ((ka, A), (kb, Bm)):
@@ -419,19 +442,19 @@ class PTNCN(nn.Module):
         norms = n2.clamp_min(0.0).sqrt() * torch.tensor([abs(j[5]) for j in jobs], dtype=n2.dtype, device=n2.device)
         clipped = self._clip_factor(norms)
         scales = (clipped * (1.0 / B)) * torch.tensor([j[5] for j in jobs], dtype=n2.dtype, device=n2.device)
-        for k, (prm, A, ka, Bm, _, _) in enumerate(jobs):
-            g = _grad_buffer(prm)
-            if ka == ("y", 0) and self.tokens:
-                g.zero_()
-                g.index_add_(0, A, Bm * (m_prev * scales[k]).unsqueeze(1))
+        grads = {}
+        for k, (name, A, ka, Bm, _, _) in enumerate(jobs):
+            if ka == ("y", 0) and self.tokens:  # ΔM^1: an index-add of B rows
+                g = torch.zeros_like(self.M1) if out is None else out(name).zero_()
+                grads[name] = g.index_add_(0, A, Bm * (m_prev * scales[k]).unsqueeze(1))
             else:
-                torch.mm(A.T, Bm * scales[k], out=g)
+                grads[name] = torch.mm(A.T, Bm * scales[k], out=None if out is None else out(name))
         if transpose_rule:  # ΔE^l = clip(γ clip(ΔW^l)ᵀ): stored transposed, a scaled copy of ΔW^l
-            for k, (W, _, (kind, l), _, _, _) in enumerate(jobs):
+            for k, (name, _, (kind, l), _, _, _) in enumerate(jobs):
                 if kind == "z":
                     factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
-                    torch.mul(W.grad, factor, out=_grad_buffer(self._w("E", l)))
-        return True
+                    grads[f"E{l}"] = torch.mul(grads[name], factor, out=None if out is None else out(f"E{l}"))
+        return grads
 
     def _clip_factor(self, norm: Tensor) -> Tensor:
         """min(1, clip / norm) as TF's clip_by_norm computes it (1 when clipping is off)."""
@@ -447,6 +470,50 @@ class PTNCN(nn.Module):
         for prm in self.parameters():
             rows = prm.norm(dim=1, keepdim=True)
             prm.mul_(self.max_norm / rows.clamp_min(self.max_norm))
+
+    # ------------------------------------------------------------------ fused training step
+
+    @torch.no_grad()
+    def train_step(self, x: Tensor, mask: Optional[Tensor] = None) -> bool:
+        """``step(x, mask)`` then ``local_updates()`` in one call, with the same numbers; returns
+        whether updates were written (False on the first step after ``reset``).
+
+        After ``compile_step()`` the whole step (hypothesis, correction, updates) runs as one
+        ``torch.compile`` graph, and the updates are handed over as new ``param.grad`` tensors.
+        """
+        if self._state is None:
+            raise RuntimeError("call reset(batch_size) before the first step")
+        x, m = self._check_observation(x, mask)
+        st = self._state
+        learn = st["t"] > 0
+        core = self._compiled or self._fused
+        out = None if self._compiled else (lambda name: _grad_buffer(getattr(self, name)))
+        logits, z, y, e, eps, grads = core(st["y"], st["x"], st["m"], st["eps"], x, m, learn, out)
+        self._advance(z, logits, y, e, eps, x, m, True)
+        if not learn:
+            for prm in self.parameters():
+                prm.grad = None
+            return False
+        if self._compiled:
+            for name, g in grads.items():
+                getattr(self, name).grad = g
+        return True
+
+    def _fused(self, y_prev, x_prev, m_prev, eps_prev, x, m, learn: bool, out=None):
+        """Steps 1-4 as one pure function of the carried state and x_t (what ``compile_step`` compiles)."""
+        h = self._hypothesis(y_prev, x_prev, m_prev)
+        y, e, eps = self._correction(h, x, m)
+        grads = self._updates(h["z"], e, eps, y_prev, x_prev, m_prev, eps_prev, out) if learn else {}
+        return h["logits"], h["z"], y, e, eps, grads
+
+    def compile_step(self, **options) -> None:
+        """Run ``train_step`` through ``torch.compile(**options)`` (the first steps compile: seconds
+        to a minute); numbers equal the eager step's up to float rounding (tests/test_compile.py)."""
+        stochastic = [f.name for f in (self.f, self.phi) if f.needs_generator]
+        if stochastic:
+            raise ValueError(f"the {stochastic[0]} activation draws from a torch.Generator, which "
+                             "torch.compile does not trace; train this model eagerly")
+        self._compiled = torch.compile(self._fused, **options)
 
     def extra_repr(self) -> str:
         o = self.options()

@@ -1,11 +1,11 @@
 """The P-TNCN as a sequence learner for ``tncn.train`` (the learner protocol is documented there).
 
 Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; DESIGN.md §4):
-``model.step(x_t, m_t)`` (predict x_t from t-1, then correct the states with x_t), score the
-prediction from ``model.last_logits``, then ``if model.local_updates(): opt.step();
-model.project_()`` (no update on the first step after a reset). Evaluation runs the same step
-with every weight frozen, with the state correction (default) or without it
-(``update_states=False``). Nothing builds an autograd graph.
+``model.train_step(x_t, m_t)`` (predict x_t from t-1, correct the states with x_t, write the local
+updates: ``step`` then ``local_updates`` in one call), score the prediction from
+``model.last_logits``, then ``opt.step(); model.project_()`` (no update on the first step after a
+reset). Evaluation runs ``model.step`` with every weight frozen, with the state correction
+(default) or without it (``update_states=False``). Nothing builds an autograd graph.
 
 Observations are token ids (``frames=False``: a softmax output over the vocabulary, scored in
 bits) or video frames (``frames=True``: flattened frames in [0, 1], a sigmoid output per pixel,
@@ -14,8 +14,9 @@ scored by binary cross-entropy per frame; ``tncn.metrics``).
 Options (``DEFAULTS``): ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults
 are read from ``PTNCN`` itself (the reference behaviour), plus the optimizer (``optimizer``,
 ``lr``, ``momentum``, ``weight_decay``; see ``tncn.train.make_optimizer``: momentum None is the
-optimizer's own default, 0.95 for nesterov). The quick default run of ``tncn train`` overrides
-some of them (see ``tncn.commands.train``).
+optimizer's own default, 0.95 for nesterov) and ``compile`` (run each training step as one
+``torch.compile`` graph, ``PTNCN.compile_step``; same numbers up to float rounding). The quick
+default run of ``tncn train`` overrides some of them (see ``tncn.commands.train``).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ MODEL_KEYS = ("activation", "beta", "alpha", "gamma", "K", "e_rule", "hidden_pre
               "top_down", "sparsity", "clip", "max_norm", "init", "init_std", "e_init_std")
 _SIG = inspect.signature(PTNCN).parameters
 DEFAULTS = {"hidden": [1000, 1000], **{k: _SIG[k].default for k in MODEL_KEYS},
-            "optimizer": "nesterov", "lr": 0.075, "momentum": None, "weight_decay": 0.0}
+            "optimizer": "nesterov", "lr": 0.075, "momentum": None, "weight_decay": 0.0, "compile": False}
 
 
 def build(options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False) -> "PTNCNLearner":
@@ -60,6 +61,8 @@ class PTNCNLearner:
         try:
             self.model = PTNCN(size, hidden, tokens=not self.frames, generator=self.generator,
                                **{k: options[k] for k in MODEL_KEYS}).to(self.device)
+            if options.get("compile"):
+                self.model.compile_step()
         except ValueError as err:  # an impossible model option (K < 1, a bad clip, ...)
             raise UserError(str(err)) from None
         self._opt = LazyOptimizer(options, self.model.parameters)
@@ -110,12 +113,15 @@ class PTNCNLearner:
         hits = torch.zeros((), dtype=torch.long, device=self.device)
         scored_steps = batch.score.any(dim=1).tolist()
         for t, scored in enumerate(scored_steps):
-            self.model.step(tokens[t], mask[t], update_states=correction)
+            if learn:  # step and local updates in one call (one graph when compiled)
+                updated = self.model.train_step(tokens[t], mask[t])
+            else:
+                self.model.step(tokens[t], mask[t], update_states=correction)
             if scored:
                 b, h = self._score(self.model.last_logits, tokens[t], score[t])
                 bits += b
                 hits += h
-            if learn and self.model.local_updates():
+            if learn and updated:
                 self.opt.step()
                 self.model.project_()
         return Tally(float(bits), batch.n_scored, int(hits))
