@@ -396,12 +396,20 @@ class PTNCN(nn.Module):
         if not last["corrected"]:
             raise RuntimeError("no local updates after a step without state correction")
         if last["t"] == 0:
-            for prm in self.parameters():
-                prm.grad = None
-            return False
+            return self._no_updates()
         self._updates(last["z"], last["e"], last["eps"], last["y_prev"], last["x_prev"], last["m_prev"],
-                      last["eps_prev"], out=lambda name: _grad_buffer(getattr(self, name)))
+                      last["eps_prev"], out=self._grad_out)
         return True
+
+    def _no_updates(self) -> bool:
+        """The first step after ``reset`` learns nothing: clear every gradient."""
+        for prm in self.parameters():
+            prm.grad = None
+        return False
+
+    def _grad_out(self, name: str) -> Tensor:
+        """The reused ``param.grad`` buffer of the parameter ``name`` (where eager updates go)."""
+        return _grad_buffer(getattr(self, name))
 
     def _updates(self, z, e, eps, y_prev, x_prev, m_prev, eps_prev, out=None) -> dict:
         """Step 4: the clipped, batch-averaged updates {parameter name: tensor}.
@@ -486,15 +494,15 @@ class PTNCN(nn.Module):
         x, m = self._check_observation(x, mask)
         st = self._state
         learn = st["t"] > 0
-        core = self._compiled or self._fused
-        out = None if self._compiled else (lambda name: _grad_buffer(getattr(self, name)))
+        if self._compiled is None:
+            core, out = self._fused, self._grad_out
+        else:
+            core, out = self._compiled, None
         logits, z, y, e, eps, grads = core(st["y"], st["x"], st["m"], st["eps"], x, m, learn, out)
         self._advance(z, logits, y, e, eps, x, m, True)
         if not learn:
-            for prm in self.parameters():
-                prm.grad = None
-            return False
-        if self._compiled:
+            return self._no_updates()
+        if self._compiled is not None:
             for name, g in grads.items():
                 getattr(self, name).grad = g
         return True
@@ -506,14 +514,14 @@ class PTNCN(nn.Module):
         grads = self._updates(h["z"], e, eps, y_prev, x_prev, m_prev, eps_prev, out) if learn else {}
         return h["logits"], h["z"], y, e, eps, grads
 
-    def compile_step(self, **options) -> None:
-        """Run ``train_step`` through ``torch.compile(**options)`` (the first steps compile: seconds
-        to a minute); numbers equal the eager step's up to float rounding (tests/test_compile.py)."""
+    def compile_step(self) -> None:
+        """Run ``train_step`` through ``torch.compile`` (the first steps compile: seconds to a
+        minute); numbers equal the eager step's up to float rounding (tests/test_compile.py)."""
         stochastic = [f.name for f in (self.f, self.phi) if f.needs_generator]
         if stochastic:
             raise ValueError(f"the {stochastic[0]} activation draws from a torch.Generator, which "
                              "torch.compile does not trace; train this model eagerly")
-        self._compiled = torch.compile(self._fused, **options)
+        self._compiled = torch.compile(self._fused)
 
     def extra_repr(self) -> str:
         o = self.options()
