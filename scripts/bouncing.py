@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bouncing", help="folder of the two runs and results.json")
     args = ap.parse_args()
 
-    hidden = sizing.ints(args.hidden, "--hidden")
+    hidden = sizing.widths(args.hidden)
     options, _ = sizing.plan(["ptncn", "lstm"], 64 * 64, hidden, "params", None, {}, frames=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

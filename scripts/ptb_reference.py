@@ -13,9 +13,9 @@ Trains for one epoch over ``ptb.char.train.txt`` or until ``--minutes`` of train
 (default 60), whichever comes first, then scores the whole validation split and prints a table
 (tokens/s counts real characters in training). Reads the files in place; copies nothing.
 
-    python scripts/ptb_reference.py                        # L = 2
-    python scripts/ptb_reference.py --layers 3             # L = 3
-    python scripts/ptb_reference.py --minutes 1            # a quick check that it runs
+    python scripts/ptb_reference.py --root DIR                        # L = 2
+    python scripts/ptb_reference.py --root DIR --layers 3             # L = 3
+    python scripts/ptb_reference.py --root DIR --minutes 1            # a quick check that it runs
 """
 from __future__ import annotations
 
@@ -29,14 +29,13 @@ import torch
 
 from sequences import text
 from tncn.metrics import unigram_entropy
-from tncn.train import Budget, build_learner, evaluate, fit, learner_module
-
-ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
+from tncn.temporal import build_learner
+from tncn.train import Budget, evaluate, fit
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(ROOT), help=f"folder with ptb.char.*.txt (default {ROOT})")
+    ap.add_argument("--root", required=True, help="folder with Mikolov's ptb.char.*.txt files")
     ap.add_argument("--layers", type=int, default=2, help="latent layers L (default 2)")
     ap.add_argument("--hidden", type=int, default=1000, help="width of every latent layer (default 1000)")
     ap.add_argument("--minutes", type=float, default=60.0, help="training time budget (default 60)")
@@ -52,8 +51,7 @@ def main(argv=None) -> int:
     vocab = corpus.vocabulary("lines")
     train = corpus.batches("train", vocab, "lines", args.batch_size, seed=args.seed)
     valid = corpus.batches("valid", vocab, "lines", args.batch_size)
-    options = {**learner_module("ptncn").DEFAULTS, "hidden": [args.hidden] * args.layers}
-    learner = build_learner("ptncn", options, len(vocab), "cpu", args.seed)
+    learner = build_learner("ptncn", {"hidden": [args.hidden] * args.layers}, len(vocab), "cpu", args.seed)
     print(f"PTB char: {len(vocab) - 1} symbols + unknown; train {train.n_tokens:,} characters in "
           f"{len(train)} batches of {args.batch_size} sentences; L = {args.layers}, H = {args.hidden}, "
           f"{args.threads} thread(s)", file=sys.stderr)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sequences import text  # noqa: E402
 from tncn.temporal.bptt_alignment import alignment  # noqa: E402
-from tncn.train import build_learner  # noqa: E402
+from tncn.temporal import build_learner  # noqa: E402
 
 
 def _label(name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 PROTOCOLS = ("lines", "stream")
 POOL = 50  # lines protocol: batches per length-sorted pool
@@ -52,9 +52,9 @@ class LineBatches:
     def __init__(self, seqs: list[torch.Tensor], batch_size: int, seed: int = 0, what: str = "data"):
         seqs = [s for s in seqs if len(s) >= 2]  # a 1-symbol sequence has nothing to score
         if batch_size <= 0:
-            raise UserError(f"the batch size must be positive, got {batch_size}")
+            raise DataError(f"the batch size must be positive, got {batch_size}")
         if batch_size > len(seqs):
-            raise UserError(
+            raise DataError(
                 f"batch size {batch_size} is larger than the data: {what} has {len(seqs)} "
                 f"sequences of at least 2 symbols (lines protocol)")
         self.batch_size, self.seed = batch_size, seed
@@ -105,9 +105,9 @@ class StreamBatches:
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, what: str = "data"):
         N = len(ids)
         if batch_size <= 0 or seq_len <= 0:
-            raise UserError(f"the batch size and segment length must be positive, got {batch_size} and {seq_len}")
+            raise DataError(f"the batch size and segment length must be positive, got {batch_size} and {seq_len}")
         if 2 * batch_size > N:
-            raise UserError(
+            raise DataError(
                 f"batch size {batch_size} is larger than the data: {what} has {N} symbols, enough "
                 f"for at most {N // 2} parallel streams of 2 or more symbols (stream protocol)")
         self.batch_size, self.seq_len = batch_size, seq_len

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """../shared/data beside the repository, where these machines keep MNIST, Fashion-MNIST, notMNIST."""
@@ -36,7 +36,7 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def read_idx(path) -> np.ndarray:
-    """The array stored in the IDX file ``path`` (plain or gzip); a ``UserError`` if it is not one."""
+    """The array stored in the IDX file ``path`` (plain or gzip); a ``DataError`` if it is not one."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -44,18 +44,18 @@ def read_idx(path) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+        raise DataError(f"cannot read {path}: {err}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise UserError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">u4"))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise UserError(f"{path}: IDX sizes {shape} need {expected} bytes, the file has {len(raw)}")
+        raise DataError(f"{path}: IDX sizes {shape} need {expected} bytes, the file has {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -82,21 +82,21 @@ def load_glyphs(folder, split: Optional[str] = None) -> tuple[np.ndarray, np.nda
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"no image folder at {folder}")
+        raise DataError(f"no image folder at {folder}")
     present = splits(folder)
     if split is None:
         if not present:
-            raise UserError(
+            raise DataError(
                 f"{folder} holds no IDX image set: expected train- or t10k-images-idx3-ubyte[.gz] "
                 f"with the matching labels-idx1 file"
             )
         split = present[0]
     elif split not in present:
-        raise UserError(f"{folder} has no {split}-images-idx3-ubyte[.gz] and {split}-labels-idx1-ubyte[.gz]")
+        raise DataError(f"{folder} has no {split}-images-idx3-ubyte[.gz] and {split}-labels-idx1-ubyte[.gz]")
     images = read_idx(_idx_file(folder, split, "images-idx3"))
     labels = read_idx(_idx_file(folder, split, "labels-idx1"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(
+        raise DataError(
             f"{folder}/{split}: expected images [N, rows, cols] and labels [N], got {images.shape} and {labels.shape}"
         )
     return images.astype(np.uint8, copy=False), labels.astype(np.int64)
@@ -141,11 +141,11 @@ def _assemble(name, train, test, valid: int, seed: int, limit: Optional[int]) ->
         valid = min(valid, len(images) // 5)
     n_held = valid * (2 if test is None else 1)
     if valid < 0 or n_held >= len(images):
-        raise UserError(f"{name}: cannot hold out {n_held} of {len(images)} examples for validation/test")
+        raise DataError(f"{name}: cannot hold out {n_held} of {len(images)} examples for validation/test")
     held, rest = order[:n_held], order[n_held:]
     if limit is not None:
         if limit <= 0:
-            raise UserError(f"limit must be positive, got {limit}")
+            raise DataError(f"limit must be positive, got {limit}")
         rest = rest[:limit]
     if test is None:
         test = (images[held[valid:]], labels[held[valid:]])
@@ -184,12 +184,12 @@ def from_hf(dataset, name: str, valid: int = 5000, seed: int = 0, limit: Optiona
         image_col = next((c for c, f in features.items() if isinstance(f, Image)), None)
         label_col = next((c for c, f in features.items() if isinstance(f, ClassLabel)), None)
         if image_col is None or label_col is None:
-            raise UserError(f"hf:{name} needs an Image and a ClassLabel column; it has {dict(features)}")
+            raise DataError(f"hf:{name} needs an Image and a ClassLabel column; it has {dict(features)}")
         images = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in split[image_col]])
         return images, np.asarray(split[label_col], dtype=np.int64)
 
     if "train" not in dataset:
-        raise UserError(f"hf:{name} has no train split (splits: {', '.join(dataset)})")
+        raise DataError(f"hf:{name} has no train split (splits: {', '.join(dataset)})")
     test = arrays(dataset["test"]) if "test" in dataset else None
     return _assemble(name, arrays(dataset["train"]), test, valid, seed, limit)
 
@@ -209,13 +209,13 @@ def load(spec: str, root=None, valid: int = 5000, seed: int = 0, limit: Optional
             offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"cannot load Hugging Face dataset {hub_name!r}{hint}: {first}") from None
+            raise DataError(f"cannot load Hugging Face dataset {hub_name!r}{hint}: {first}") from None
         return from_hf(dataset, hub_name, valid, seed, limit)
     if spec in NAMED:
         base = Path(root) if root is not None else DEFAULT_ROOT
         folder = base / NAMED[spec]
         if not folder.is_dir():
-            raise UserError(
+            raise DataError(
                 f"data set {spec!r} is expected in {folder}, which does not exist; "
                 f"give --data-root (a folder holding {NAMED[spec]}/) or --data PATH"
             )
@@ -223,6 +223,6 @@ def load(spec: str, root=None, valid: int = 5000, seed: int = 0, limit: Optional
     path = Path(spec)
     if path.is_dir():
         return load_folder(path, valid, seed, limit)
-    raise UserError(
+    raise DataError(
         f"unknown data {spec!r}: give {', '.join(NAMED)}, a folder of IDX files, or hf:NAME"
     )

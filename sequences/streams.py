@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 KEYS = ("data", "name", "minutes", "tokens")
 
@@ -38,7 +38,7 @@ class Experience:
     def __post_init__(self):
         problem = _budget_problem(self.minutes, self.tokens)
         if problem:
-            raise UserError(f"experience {self.name!r}: {problem}")
+            raise DataError(f"experience {self.name!r}: {problem}")
 
 
 def _budget_problem(minutes, tokens) -> Optional[str]:
@@ -87,14 +87,14 @@ def _unique(names: list, explicit: list) -> list:
 
 def _cli_budget(minutes, tokens, required: bool) -> tuple:
     if minutes is not None and tokens is not None:
-        raise UserError("give only one of --minutes or --tokens as the budget per experience")
+        raise DataError("give only one of --minutes or --tokens as the budget per experience")
     if minutes is None and tokens is None:
         if required:
-            raise UserError("give one of --minutes or --tokens as the budget per experience")
+            raise DataError("give one of --minutes or --tokens as the budget per experience")
         return None, None
     problem = _budget_problem(minutes, tokens)
     if problem:
-        raise UserError(f"the budget per experience: {problem}")
+        raise DataError(f"the budget per experience: {problem}")
     return minutes, tokens
 
 
@@ -103,14 +103,14 @@ def parse(spec: str, minutes: Optional[float] = None, tokens: Optional[int] = No
     list of ``Experience``; ``minutes``/``tokens`` is the budget of experiences without their own."""
     spec = (spec or "").strip()
     if not spec:
-        raise UserError("the stream is empty: give comma-separated data specs or a .json stream file")
+        raise DataError("the stream is empty: give comma-separated data specs or a .json stream file")
     if spec.lower().endswith(".json"):
         return _parse_file(spec, minutes, tokens)
     minutes, tokens = _cli_budget(minutes, tokens, required=True)
     datas = [part.strip() for part in spec.split(",")]
     for i, d in enumerate(datas):
         if not d:
-            raise UserError(f"stream {spec!r}: experience {i} has an empty data spec")
+            raise DataError(f"stream {spec!r}: experience {i} has an empty data spec")
     names = _unique([default_name(d) for d in datas], [False] * len(datas))
     return [Experience(n, d, minutes, tokens) for n, d in zip(names, datas)]
 
@@ -121,55 +121,55 @@ def _parse_file(path: str, minutes, tokens) -> list:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such stream file") from None
+        raise DataError(f"{path}: no such stream file") from None
     except OSError as err:
-        raise UserError(f"{path}: cannot read the stream file ({err.strerror or err})") from None
+        raise DataError(f"{path}: cannot read the stream file ({err.strerror or err})") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
+        raise DataError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as err:
-        raise UserError(f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from None
+        raise DataError(f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from None
     if isinstance(doc, dict):
         extra = sorted(set(doc) - {"experiences"})
         if extra or "experiences" not in doc:
-            raise UserError(f"{path}: a stream object holds only the key \"experiences\""
+            raise DataError(f"{path}: a stream object holds only the key \"experiences\""
                             + (f", not {', '.join(map(repr, extra))}" if extra else ""))
         doc = doc["experiences"]
     if not isinstance(doc, list):
-        raise UserError(f"{path}: a stream file holds a list of experiences or {{\"experiences\": [...]}}")
+        raise DataError(f"{path}: a stream file holds a list of experiences or {{\"experiences\": [...]}}")
     if not doc:
-        raise UserError(f"{path}: the stream is empty")
+        raise DataError(f"{path}: the stream is empty")
     rows = []
     for i, item in enumerate(doc):
         where = f"{path}: experience {i}"
         if not isinstance(item, dict):
-            raise UserError(f"{where}: must be an object with \"data\" and a budget, got {item!r}")
+            raise DataError(f"{where}: must be an object with \"data\" and a budget, got {item!r}")
         extra = sorted(set(item) - set(KEYS))
         if extra:
-            raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, extra))} (known: {', '.join(KEYS)})")
+            raise DataError(f"{where}: unknown key(s) {', '.join(map(repr, extra))} (known: {', '.join(KEYS)})")
         data = item.get("data")
         if not isinstance(data, str) or not data.strip():
-            raise UserError(f"{where}: needs \"data\", a non-empty data spec string")
+            raise DataError(f"{where}: needs \"data\", a non-empty data spec string")
         name = item.get("name")
         if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise UserError(f"{where}: \"name\" must be a non-empty string, got {name!r}")
+            raise DataError(f"{where}: \"name\" must be a non-empty string, got {name!r}")
         m, t = item.get("minutes"), item.get("tokens")
         if m is not None and t is not None:
-            raise UserError(f"{where}: give only one of \"minutes\" or \"tokens\"")
+            raise DataError(f"{where}: give only one of \"minutes\" or \"tokens\"")
         if m is None and t is None:
             if minutes is None and tokens is None:
-                raise UserError(f"{where}: has no budget; give \"minutes\" or \"tokens\" in the file "
+                raise DataError(f"{where}: has no budget; give \"minutes\" or \"tokens\" in the file "
                                 "or --minutes/--tokens on the command line")
             m, t = minutes, tokens
         elif isinstance(t, float) and t.is_integer():
             t = int(t)  # 1e6 in JSON
         problem = _budget_problem(m, t)
         if problem:
-            raise UserError(f"{where}: {problem}")
+            raise DataError(f"{where}: {problem}")
         rows.append((name.strip() if name else None, data.strip(), m, t))
     first = {}
     for i, r in enumerate(rows):
         if r[0] is not None and r[0] in first:
-            raise UserError(f"{path}: experience {i}: the name {r[0]!r} is already used by experience {first[r[0]]}")
+            raise DataError(f"{path}: experience {i}: the name {r[0]!r} is already used by experience {first[r[0]]}")
         first.setdefault(r[0], i)
     names = _unique([r[0] or default_name(r[1]) for r in rows], [r[0] is not None for r in rows])
     return [Experience(n, d, m, t) for n, (_, d, m, t) in zip(names, rows)]

@@ -38,7 +38,7 @@ import torch
 
 from sequences.batching import PROTOCOLS, LineBatches, StreamBatches
 from sequences.vocab import EOL, LEVELS, Vocabulary
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 SPLIT_WORDS = {"train": {"train"}, "valid": {"valid", "validation", "dev", "val"}, "test": {"test"}}
@@ -71,7 +71,7 @@ class Corpus:
     def encode(self, split: str, protocol: str, vocab: Vocabulary) -> tuple[list[torch.Tensor], int]:
         """Id tensors of the sequences of ``split`` and how many symbols were unknown to ``vocab``."""
         if vocab.level != self.level:
-            raise UserError(f"a {vocab.level}-level model cannot read {self.level}-level data ({self.source})")
+            raise DataError(f"a {vocab.level}-level model cannot read {self.level}-level data ({self.source})")
         out, unknown = [], 0
         for seq in self.sequences(split, protocol):
             ids, n = vocab.encode(seq)
@@ -92,7 +92,7 @@ class Corpus:
             out = LineBatches(seqs, max(1, min(batch_size, rows)) if clamp else batch_size, seed, what=what)
         else:
             if seq_len is None:
-                raise UserError("the stream protocol needs a segment length (seq_len)")
+                raise DataError("the stream protocol needs a segment length (seq_len)")
             rows = len(seqs[0]) // 2
             out = StreamBatches(seqs[0], max(1, min(batch_size, rows)) if clamp else batch_size, seq_len, what=what)
         out.unknown = unknown
@@ -101,7 +101,7 @@ class Corpus:
 
 def _check(value, choices, what):
     if value not in choices:
-        raise UserError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+        raise DataError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def canonical(data: str) -> str:
@@ -125,7 +125,7 @@ def load(data: str, level: Optional[str] = None) -> Corpus:
     for prefix, fixed in (("ptb-char", "char"), ("ptb-word", "word")):
         if data == prefix or data.startswith(prefix + ":"):
             if level not in (None, fixed):
-                raise UserError(f"{prefix} is {fixed}-level data; drop --level {level}")
+                raise DataError(f"{prefix} is {fixed}-level data; drop --level {level}")
             return _ptb(data, fixed)
     level = level or "char"
     if data == "stdlib":
@@ -139,7 +139,7 @@ def load(data: str, level: Optional[str] = None) -> Corpus:
     if path.is_file():
         lines = _read_lines({"train": path})["train"]
         return _split_90_5_5(data, [_plain(ln, level) for ln in lines], level, path)
-    raise UserError(f"--data {data}: no such file or folder (data forms: {FORMS})")
+    raise DataError(f"--data {data}: no such file or folder (data forms: {FORMS})")
 
 
 # --------------------------------------------------------------------------- line parsers
@@ -153,14 +153,14 @@ def _ptb_char(line: str, level: str) -> str:
     chars = line.split()
     if any(len(c) != 1 for c in chars):
         bad = next(c for c in chars if len(c) != 1)
-        raise UserError(f"{bad!r} in a ptb.char line is not one character: is this Mikolov's character PTB file?")
+        raise DataError(f"{bad!r} in a ptb.char line is not one character: is this Mikolov's character PTB file?")
     return "".join(chars)
 
 
 def _ptb(data: str, level: str) -> Corpus:
     prefix, _, root = data.partition(":")
     if not root:
-        raise UserError(f"{prefix} needs its folder: --data {prefix}:DIR (the folder with the ptb.*.txt files)")
+        raise DataError(f"{prefix} needs its folder: --data {prefix}:DIR (the folder with the ptb.*.txt files)")
     stem = "ptb.char" if level == "char" else "ptb"
     files = {s: Path(root).expanduser() / f"{stem}.{s}.txt" for s in SPLITS}
     parse = _ptb_char if level == "char" else _plain
@@ -176,25 +176,25 @@ def _split_files(folder: Path) -> dict:
         hits = sorted(p for p in folder.iterdir()
                       if p.is_file() and SPLIT_WORDS[split] & set(re.split(r"[._\-\s]+", p.name.lower())))
         if not hits:
-            raise UserError(f"{folder} has no {split} file: a data folder needs train, valid and test files "
+            raise DataError(f"{folder} has no {split} file: a data folder needs train, valid and test files "
                             f"(for example train.txt, valid.txt, test.txt)")
         if len(hits) > 1:
             hint = " (for Penn Treebank use --data ptb-char:DIR or ptb-word:DIR)" if any(p.name.startswith("ptb.") for p in hits) else ""
-            raise UserError(f"{folder} has several {split} files: {', '.join(p.name for p in hits)}{hint}")
+            raise DataError(f"{folder} has several {split} files: {', '.join(p.name for p in hits)}{hint}")
         found[split] = hits[0]
     return found
 
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
     if not raw.strip():
-        raise UserError(f"{path} is empty")
+        raise DataError(f"{path} is empty")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: undecodable bytes at offset {err.start} (byte 0x{raw[err.start]:02x}); "
+        raise DataError(f"{path}: undecodable bytes at offset {err.start} (byte 0x{raw[err.start]:02x}); "
                         f"text files must be UTF-8") from None
 
 
@@ -213,7 +213,7 @@ def _from_files(source: str, files: dict, level: str, parse, keep_blank: bool = 
     lines = {s: [x for x in (parse(ln, level) for ln in raw[s]) if keep_blank or len(x)] for s in SPLITS}
     for s in SPLITS:
         if not any(len(ln) for ln in lines[s]):
-            raise UserError(f"{files[s]} has no {level} symbols")
+            raise DataError(f"{files[s]} has no {level} symbols")
     return Corpus(source, level, lines)
 
 
@@ -224,7 +224,7 @@ def _split_90_5_5(source: str, lines: list, level: str, origin) -> Corpus:
     parts = {"train": lines[:a], "valid": lines[a:b], "test": lines[b:]}
     for s, part in parts.items():
         if not any(len(ln) for ln in part):
-            raise UserError(f"{origin} has {n} lines, too few to split 90/5/5 into train/valid/test "
+            raise DataError(f"{origin} has {n} lines, too few to split 90/5/5 into train/valid/test "
                             f"(the {s} part would be empty); give more lines or a folder with train/valid/test files")
     return Corpus(source, level, parts)
 
@@ -235,20 +235,20 @@ def _hub(data: str, level: str) -> Corpus:
     spec = data[3:]
     name, _, config = spec.partition(":")
     if not name:
-        raise UserError("hf: needs a dataset name, e.g. --data hf:wikitext:wikitext-2-raw-v1")
+        raise DataError("hf: needs a dataset name, e.g. --data hf:wikitext:wikitext-2-raw-v1")
     with _quiet_datasets() as datasets:
         try:
             ds = datasets.load_dataset(name, config or None)
         except ConnectionError as err:
-            raise UserError(f"{data}: the Hugging Face hub cannot be reached ({_first_line(err)}) and no cached "
+            raise DataError(f"{data}: the Hugging Face hub cannot be reached ({_first_line(err)}) and no cached "
                             f"copy exists; run once with network access (HF_DATASETS_OFFLINE unset) or give a "
                             f"local file or folder") from None
         except Exception as err:  # datasets raises many types for a bad name or config
-            raise UserError(f"{data}: {_first_line(err)}") from None
+            raise DataError(f"{data}: {_first_line(err)}") from None
     names = {"train": ["train"], "valid": ["validation", "valid", "dev"], "test": ["test"]}
     have = {s: next((n for n in names[s] if n in ds), None) for s in SPLITS}
     if have["train"] is None:
-        raise UserError(f"{data} has no train split (it has: {', '.join(ds)})")
+        raise DataError(f"{data} has no train split (it has: {', '.join(ds)})")
     lines = {s: _hub_lines(ds[have[s]], data) for s in SPLITS if have[s]}
     if have["valid"] and have["test"]:
         return Corpus(data, level, {s: [_plain(ln, level) for ln in lines[s]] for s in SPLITS})
@@ -259,7 +259,7 @@ def _hub_lines(split, data: str) -> list[str]:
     cols = [c for c, f in split.features.items() if getattr(f, "dtype", None) == "string"]
     col = "text" if "text" in cols else (cols[0] if len(cols) == 1 else None)
     if col is None:
-        raise UserError(f"{data}: no 'text' column and not exactly one string column (columns: {', '.join(split.features)})")
+        raise DataError(f"{data}: no 'text' column and not exactly one string column (columns: {', '.join(split.features)})")
     out = []
     for row in split[col]:
         out.extend(row.splitlines() or [""])

@@ -48,7 +48,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from sequences import images
 from sequences.batching import Batch
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 NAMED = {"bouncing-mnist": "mnist", "bouncing-notmnist": "notmnist",
          "bouncing-fashion": "fashion_mnist", "bouncing-glyphs": None}
@@ -148,13 +148,13 @@ def _folder(spec: str, root) -> Path:
     if spec.startswith("bouncing:"):
         folder = Path(spec[len("bouncing:"):]).expanduser()
         if not folder.is_dir():
-            raise UserError(f"{spec}: no folder {folder} (bouncing:PATH needs a folder of MNIST-format IDX files)")
+            raise DataError(f"{spec}: no folder {folder} (bouncing:PATH needs a folder of MNIST-format IDX files)")
         return folder
     if spec not in NAMED:
-        raise UserError(f"unknown video data {spec!r}: give {FORMS}")
+        raise DataError(f"unknown video data {spec!r}: give {FORMS}")
     folder = (Path(root) if root is not None else images.DEFAULT_ROOT) / NAMED[spec]
     if not folder.is_dir():
-        raise UserError(f"video data {spec!r} is expected in {folder}, which does not exist; "
+        raise DataError(f"video data {spec!r} is expected in {folder}, which does not exist; "
                         f"give bouncing:PATH with the folder of its IDX files instead")
     return folder
 
@@ -184,21 +184,21 @@ def _rendered_splits() -> tuple:
 def _file_splits(folder: str) -> tuple:
     present = images.splits(folder)
     if not present:
-        raise UserError(f"{folder} holds no IDX image set: expected train- or t10k-images-idx3-ubyte[.gz] "
+        raise DataError(f"{folder} holds no IDX image set: expected train- or t10k-images-idx3-ubyte[.gz] "
                         f"with the matching labels-idx1 file")
     seen: set = set()
     first = _distinct(images.load_glyphs(folder, present[0])[0], seen)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(first))
     if len(present) == 2:
         if len(first) <= N_VALID:
-            raise UserError(f"{folder}: the train file has {len(first)} distinct images; more than {N_VALID} "
+            raise DataError(f"{folder}: the train file has {len(first)} distinct images; more than {N_VALID} "
                             f"are needed")
         parts = {"train": first[order[:-N_VALID]], "valid": first[order[-N_VALID:]],
                  "test": _distinct(images.load_glyphs(folder, "t10k")[0], seen)}
     else:
         tenth = len(first) // 10
         if tenth == 0:
-            raise UserError(f"{folder}: {len(first)} distinct images are too few to split 80/10/10")
+            raise DataError(f"{folder}: {len(first)} distinct images are too few to split 80/10/10")
         parts = {"train": first[order[:-2 * tenth]], "valid": first[order[-2 * tenth:-tenth]],
                  "test": first[order[-tenth:]]}
     return tuple((split, _frozen(parts[split])) for split in SPLITS)
@@ -323,7 +323,7 @@ class VideoData:
 
     def _split(self, split: str) -> int:
         if split not in SPLITS:
-            raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+            raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
         return SPLITS.index(split)
 
     def generate(self, split: str, indices) -> np.ndarray:
@@ -345,7 +345,7 @@ class VideoData:
         """float32 frames [T, rows, cols] in [0, 1] of sequence ``i`` of ``split``."""
         self._split(split)
         if not 0 <= i < self.sizes[split]:
-            raise UserError(f"the {split} split has {self.sizes[split]} sequences; there is no sequence {i}")
+            raise DataError(f"the {split} split has {self.sizes[split]} sequences; there is no sequence {i}")
         return self.generate(split, [i])[0].astype(np.float32) / 255.0
 
     def batches(self, split: str, space: FrameSpace, protocol: Optional[str] = None, batch_size: int = 32,
@@ -354,10 +354,10 @@ class VideoData:
         ``Corpus.batches``; ``clamp``, for evaluation, lowers ``batch_size`` to the split's size)."""
         self._split(split)
         if not isinstance(space, FrameSpace):
-            raise UserError(f"a {getattr(space, 'level', type(space).__name__)}-level model cannot read "
+            raise DataError(f"a {getattr(space, 'level', type(space).__name__)}-level model cannot read "
                             f"frames ({self.source})")
         if space.shape != self.shape:
-            raise UserError(f"the model was trained on frames of shape {space.shape[0]}x{space.shape[1]} "
+            raise DataError(f"the model was trained on frames of shape {space.shape[0]}x{space.shape[1]} "
                             f"and this data has {self.size}x{self.size} ({self.source})")
         if clamp:
             batch_size = max(1, min(batch_size, self.sizes[split]))
@@ -367,7 +367,7 @@ class VideoData:
         """No-context baseline: nats per frame (summed over pixels) of predicting each pixel of the test
         frames 2..T by its mean intensity over the first ``n_sequences`` training sequences."""
         if n_sequences < 1:
-            raise UserError(f"the baseline needs at least one training sequence, got {n_sequences}")
+            raise DataError(f"the baseline needs at least one training sequence, got {n_sequences}")
         n = min(n_sequences, self.sizes["train"])
         total = np.zeros((self.size, self.size))
         for lo in range(0, n, 64):
@@ -391,9 +391,9 @@ class VideoBatches:
     def __init__(self, data: VideoData, split: str, batch_size: int, seed: int = 0):
         n = data.sizes[split]
         if batch_size <= 0:
-            raise UserError(f"the batch size must be positive, got {batch_size}")
+            raise DataError(f"the batch size must be positive, got {batch_size}")
         if batch_size > n:
-            raise UserError(f"batch size {batch_size} is larger than the data: the {split} split of "
+            raise DataError(f"batch size {batch_size} is larger than the data: the {split} split of "
                             f"{data.source} has {n} sequences")
         self.data, self.split, self.batch_size, self.seed = data, split, batch_size, seed
         self.n_sequences = n
@@ -426,17 +426,17 @@ class VideoBatches:
 def load(spec: str, n_frames: int = 20, size: int = 64, n_glyphs: int = 2, root=None, seed: int = 0) -> VideoData:
     """Bouncing-glyph video data named by ``spec`` (see the module docstring for the forms)."""
     if not is_video(spec):
-        raise UserError(f"unknown video data {spec!r}: give {FORMS}")
+        raise DataError(f"unknown video data {spec!r}: give {FORMS}")
     if n_frames < 2:
-        raise UserError(f"a video sequence needs at least 2 frames, got {n_frames}")
+        raise DataError(f"a video sequence needs at least 2 frames, got {n_frames}")
     if n_glyphs < 1:
-        raise UserError(f"a video needs at least 1 glyph per frame, got {n_glyphs}")
+        raise DataError(f"a video needs at least 1 glyph per frame, got {n_glyphs}")
     if size < GLYPH:
-        raise UserError(f"the frame size must be at least the glyph size {GLYPH}, got {size}")
+        raise DataError(f"the frame size must be at least the glyph size {GLYPH}, got {size}")
     pools = glyph_splits(spec, root)
     shape = pools["train"].shape[1:]
     if shape[0] != shape[1] or shape[0] > size:
-        raise UserError(f"{spec}: glyphs of shape {shape[0]}x{shape[1]} need to be square and fit a "
+        raise DataError(f"{spec}: glyphs of shape {shape[0]}x{shape[1]} need to be square and fit a "
                         f"{size}x{size} frame")
     return VideoData(spec, pools, int(n_frames), int(size), int(n_glyphs), int(seed))
 

@@ -1,6 +1,7 @@
 """Shared test fixtures: offline Hugging Face, the ../shared folder with real data and oracles."""
 from __future__ import annotations
 
+import importlib
 import os
 import random
 from pathlib import Path
@@ -32,6 +33,18 @@ def keep_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run ``tncn.isolate`` tasks (a compare run of one model, a memory pass) in this process:
+    starting a fresh interpreter per task costs seconds on busy cores."""
+    from tncn import isolate
+
+    def run(target, task, threads, what):
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)(task)
+    monkeypatch.setattr(isolate, "run", run)
 
 
 @pytest.fixture

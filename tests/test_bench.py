@@ -35,9 +35,9 @@ def test_step_bytes_and_bound_closed_forms():
 
 
 def test_ptncn_memory_does_not_grow_with_sequence_length():
-    peak_short, _ = bench.peak_memory_mb("ptncn", 20, hidden=64, batch=8)
-    peak_long, growth = bench.peak_memory_mb("ptncn", 400, hidden=64, batch=8)
-    assert growth < 5 and peak_long < peak_short * 1.05 + 5
+    short = bench.peak_memory_mb("ptncn", {"hidden": [64, 64]}, 20, batch=8)
+    long = bench.peak_memory_mb("ptncn", {"hidden": [64, 64]}, 400, batch=8)
+    assert long["growth_mb"] < 5 and long["peak_mb"] < short["peak_mb"] * 1.05 + 5
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from torch import nn
 
 from sequences.batching import Batch, LineBatches, StreamBatches
 from tncn.errors import UserError
-from tncn.temporal.bptt import ElmanLM, n_params, width_for_params
+from tncn.options import OptionError, find
+from tncn.temporal import build_learner, learner_class
+from tncn.temporal.bptt import ElmanLM, n_params
 from tncn.temporal.bptt_alignment import alignment, bptt_gradient, local_update
-from tncn.temporal.bptt_learner import parse_bptt
-from tncn.train import build_learner
 
 KINDS = ["rnn", "gru", "lstm", "elman"]
 
@@ -65,8 +65,9 @@ def test_parameter_count_closed_form_equals_numel(kind, input, embed):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_width_for_params_is_the_closest_width(kind):
+    cls = learner_class(kind)
     for target in (5_000, 61_234, 400_000):
-        h = width_for_params(kind, 49, 2, target)
+        h = cls.width_for_params(49, 2, target, cls.defaults())
         best = min(abs(n_params(kind, 49, [w, w]) - target) for w in range(1, 600))
         assert abs(n_params(kind, 49, [h, h]) - target) == best
 
@@ -260,20 +261,22 @@ def test_greedy_sample_follows_the_argmax_of_one_forward_pass(kind):
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "x", "2.5", 2.5, True, ""])
-def test_bad_bptt_is_a_user_error(value):
-    with pytest.raises(UserError, match="--bptt must be full or a positive number"):
-        parse_bptt(value)
-    assert parse_bptt("full") is None and parse_bptt("25") == 25 and parse_bptt(25) == 25
+def test_bad_bptt_is_an_option_error(value):
+    bptt = find(learner_class("lstm").OPTIONS, "bptt", "lstm")
+    with pytest.raises(OptionError, match="bptt") as err:
+        bptt.read(value)
+    assert err.value.key == "bptt"
+    assert bptt.read("full") == "full" and bptt.read("25") == 25 and bptt.read(25) == 25
 
 
 @pytest.mark.parametrize("kind,options,message", [
-    ("lstm", {"clip_grad": -1.0}, "--clip-grad must be non-negative"),
-    ("lstm", {"input": "bogus"}, "unknown input"),
+    ("lstm", {"clip_grad": -1.0}, "clip_grad must be non-negative"),
+    ("lstm", {"input": "bogus"}, "input must be one of onehot, embedding"),
     ("gru", {"embed": 16}, "embedding input only"),
-    ("rnn", {"hidden": [4, 0]}, "positive width"),
-    ("elman", {"activation": "sign"}, "has none"),
-    ("lstm", {"activation": "relu"}, "do not apply"),
-    ("rnn", {"optimizer": "lbfgs"}, "unknown optimizer"),
+    ("rnn", {"hidden": [4, 0]}, "widths must be positive"),
+    ("elman", {"activation": "sign"}, "activation must be one of tanh"),
+    ("lstm", {"activation": "relu"}, "model lstm has no option 'activation'"),
+    ("rnn", {"optimizer": "lbfgs"}, "optimizer must be one of sgd"),
 ])
 def test_bad_options_are_user_errors(kind, options, message):
     with pytest.raises(UserError, match=message):

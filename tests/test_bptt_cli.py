@@ -22,7 +22,7 @@ def test_train_lstm_then_eval_and_sample(tiny, tmp_path, capsys):
     out = tmp_path / "lstm"
     assert _train(tiny, out, "--model", "lstm", "--bptt", "7", "--clip-grad", "1", "--steps", "4") == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == "lstm" and config["bptt"] == "7" and config["clip_grad"] == 1.0
+    assert config["model"] == "lstm" and config["bptt"] == 7 and config["clip_grad"] == 1.0
     assert config["hidden"] == [16] and "beta" not in config
     records = _metrics(out)
     assert [r["step"] for r in records] == [2, 4] and all(r["valid_bpc"] > 0 for r in records)
@@ -56,14 +56,14 @@ def test_same_seed_twice_same_numbers_and_resume_continues_exactly(tiny, tmp_pat
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "transformer"], "unknown model 'transformer'"),
-    (["--model", "lstm", "--bptt", "x"], "--bptt must be full or a positive number of steps, got 'x'"),
-    (["--model", "rnn", "--bptt", "0"], "--bptt must be full or a positive number of steps, got '0'"),
-    (["--model", "ptncn", "--bptt", "5"], "--bptt"),
-    (["--model", "gru", "--beta", "0.2"], "--beta"),
-    (["--model", "lstm", "--clip-grad", "-1"], "--clip-grad must be non-negative"),
+    (["--model", "transformer"], "--model: invalid choice: 'transformer'"),
+    (["--model", "lstm", "--bptt", "x"], "--bptt: expected full or a whole number, got 'x'"),
+    (["--model", "rnn", "--bptt", "0"], "--bptt must be positive, got 0"),
+    (["--model", "ptncn", "--bptt", "5"], "unrecognized arguments: --bptt 5"),
+    (["--model", "gru", "--beta", "0.2"], "unrecognized arguments: --beta 0.2"),
+    (["--model", "lstm", "--clip-grad", "-1"], "--clip-grad must be non-negative, got -1.0"),
     (["--model", "gru", "--embed", "8"], "embedding input only"),
-    (["--model", "elman", "--activation", "sign"], "has none"),
+    (["--model", "elman", "--activation", "sign"], "--activation must be one of tanh, sigmoid, relu"),
 ])
 def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
     assert _train(tiny, tmp_path / "bad", "--steps", "1", *args) == 2
@@ -73,12 +73,12 @@ def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
 
 def test_reference_preset_keeps_the_baselines_optimizer():
     from tncn.commands.train import resolve
-    from tncn.train import learner_module
+    from tncn.temporal import learner_class
 
     ptncn = resolve({}, "reference")
     assert (ptncn["optimizer"], ptncn["lr"], ptncn["hidden"]) == ("nesterov", 0.075, [1000, 1000])
     lstm = resolve({"model": "lstm"}, "reference")
-    defaults = learner_module("lstm").DEFAULTS
+    defaults = learner_class("lstm").defaults()
     assert (lstm["optimizer"], lstm["lr"]) == (defaults["optimizer"], defaults["lr"])
     assert (lstm["hidden"], lstm["protocol"], lstm["batch_size"]) == ([1000, 1000], "lines", 50)
     assert resolve({"model": "lstm", "lr": 0.5}, "reference")["lr"] == 0.5

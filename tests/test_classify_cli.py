@@ -67,14 +67,14 @@ def test_learns_and_same_seed_same_result(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--rule", "nope"], "unknown rule 'nope'; known: bp, fa, dfa, lra-e"),
+    (["--rule", "nope"], "--rule: invalid choice: 'nope'"),
     (["--rule", "bp", "--activation", "sign"], "needs the derivative f'"),
     (["--rule", "lra-e", "--activation", "sign", "--angles", "5"], "needs a differentiable activation"),
-    (["--rule", "fa", "--beta", "0.2"], "takes no option 'beta'"),
-    (["--rule", "bp", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--rule", "fa", "--beta", "0.2"], "unrecognized arguments: --beta 0.2"),
+    (["--rule", "bp", "--optimizer", "lbfgs"], "--optimizer must be one of sgd, momentum, nesterov, adam, rmsprop, got 'lbfgs'"),
     (["--rule", "bp", "--activation", "swish"], "unknown activation 'swish'"),
     (["--rule", "bp", "--epochs", "0"], "--epochs must be positive"),
-    (["--rule", "bp", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--rule", "bp", "--device", "tpu"], "--device tpu: not a device name"),
 ])
 def test_bad_options_one_line_exit_2(tiny, capsys, args, message):
     assert classify(tiny, *args) == 2

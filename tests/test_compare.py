@@ -1,7 +1,7 @@
 """End-to-end tests of ``tncn compare`` (P-TNCN against BPTT baselines) on a tiny corpus written here.
 
-Most runs go through the command line with each model's run made in this process (``_spawn``
-replaced by ``run_task``: starting a fresh interpreter per model costs seconds on busy cores); the
+Most runs go through the command line with each model's run made in this process (the
+``in_process`` fixture: starting a fresh interpreter per model costs seconds on busy cores); the
 slow tests run tasks and whole comparisons in real child processes.
 Parameter counts are checked against closed forms; bad input gives one line and exit status 2.
 """
@@ -16,16 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tncn.errors import UserError
+from tncn import bench, isolate
 from tncn.cli import main
-from tncn.commands import compare
 from tncn.temporal.bptt import n_params
 
 MODELS = ["ptncn", "lstm", "gru", "rnn"]
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    monkeypatch.setattr(compare, "_spawn", lambda task, threads: compare.run_task(task))
 
 
 def _compare(tiny, out, *extra):
@@ -48,7 +44,7 @@ def test_compare_end_to_end_writes_every_file(tiny, tmp_path, in_process, capsys
     r = json.loads((out / "results.json").read_text())
     V = r["vocab_size"]
     assert list(r["models"]) == MODELS and r["budget"] == {"tokens": 600}
-    assert r["ptncn_params"] == _ptncn_params(V, 12, 12)
+    assert r["first_model"] == "ptncn" and r["first_params"] == _ptncn_params(V, 12, 12)
     tokens = {m["tokens"] for m in r["models"].values()}
     assert len(tokens) == 1 and 600 <= tokens.pop() < 600 + 4 * 25  # the same batches, at most one more
     for kind, m in r["models"].items():
@@ -59,12 +55,12 @@ def test_compare_end_to_end_writes_every_file(tiny, tmp_path, in_process, capsys
         assert m["tokens_per_s"] > 0 and m["peak_memory_mb"] is not None
         h = m["hidden"]
         if kind == "ptncn":
-            assert h == [12, 12] and m["params"] == r["ptncn_params"]
+            assert h == [12, 12] and m["params"] == r["first_params"]
         else:  # the closest width: no neighbour is nearer P-TNCN's count
             assert len(h) == 2 and h[0] == h[1] and m["params"] == n_params(kind, V, h)
-            gap = abs(m["params"] - r["ptncn_params"])
+            gap = abs(m["params"] - r["first_params"])
             for w in (h[0] - 1, h[0] + 1):
-                assert gap <= abs(n_params(kind, V, [w, w]) - r["ptncn_params"])
+                assert gap <= abs(n_params(kind, V, [w, w]) - r["first_params"])
     printed = capsys.readouterr().out
     table = (out / "table.md").read_text()
     assert table.strip() in printed
@@ -101,30 +97,23 @@ def test_memory_mode_writes_table_and_plot(tiny, tmp_path, in_process, capsys):
                     "--match", "hidden") == 0
     r = json.loads((out / "memory.json").read_text())
     assert r["lengths"] == [5, 40] and set(r["models"]) == {"ptncn", "lstm"}
-    assert r["models"]["lstm"]["bptt"] == "full" and r["models"]["ptncn"]["bptt"] is None
+    assert r["models"]["lstm"]["training"] == "full BPTT"
+    assert r["models"]["ptncn"]["training"] == "local rule (no autograd)"
     for m in r["models"].values():
         assert set(m["rows"]) == {"5", "40"} and all("growth_mb" in v for v in m["rows"].values())
     assert (out / "memory_vs_length.png").read_bytes()[:4] == b"\x89PNG"
     assert "| lstm | 8 | full BPTT |" in capsys.readouterr().out
 
 
-def _memory_task():
-    return dict(task="memory", kind="gru", options={"hidden": [4]}, T=6, vocab=5, level="char", batch_size=2, seed=0,
-                threads=1, device="cpu")
+def test_a_memory_pass_runs_in_a_child_process():
+    result = bench.peak_memory_mb("gru", {"hidden": [4]}, 6, batch=2, size=5)
+    assert set(result) == {"peak_mb", "growth_mb"}
+    assert result["peak_mb"] >= result["growth_mb"] >= 0 and result["peak_mb"] > 50  # torch alone takes more
 
 
-def test_child_main_reads_a_task_and_writes_its_result(tmp_path):
-    spec, result = tmp_path / "task.json", tmp_path / "result.json"
-    spec.write_text(json.dumps(_memory_task()))
-    compare.child_main(str(spec), str(result))
-    r = json.loads(result.read_text())
-    assert set(r) == {"peak_mb", "growth_mb"} and r["peak_mb"] > 0
-
-
-@pytest.mark.slow
-def test_a_task_runs_in_a_child_process():
-    result = compare._spawn(_memory_task(), threads=1)
-    assert set(result) == {"peak_mb", "growth_mb"} and result["peak_mb"] > 0
+def test_a_failed_child_is_one_user_error():
+    with pytest.raises(UserError, match="the gru memory run stopped with exit status 1"):
+        isolate.run("tncn.bench:memory_pass", {"kind": "gru"}, 1, "gru memory")
 
 
 def _alive(pid: int) -> bool:
@@ -159,12 +148,15 @@ def test_terminating_compare_ends_its_child_run(tiny, tmp_path):
     (["--models", "ptncn,nope", "--tokens", "10"], "unknown model 'nope'"),
     (["--models", "ptncn,ptncn", "--tokens", "10"], "distinct"),
     (["--models", "lstm"], "give the budget"),
-    (["--models", "lstm", "--tokens", "0"], "the budget must be positive"),
-    (["--models", "lstm", "--tokens", "10", "--bptt", "0"], "--bptt must be full or a positive number"),
+    (["--models", "lstm", "--tokens", "0"], "--tokens must be positive, got 0"),
+    (["--models", "lstm", "--tokens", "10", "--bptt", "0"], "--bptt must be positive, got 0"),
     (["--models", "lstm", "--tokens", "10", "--set", "lstm:foo=1"], "lstm has no option 'foo'"),
+    (["--models", "lstm", "--tokens", "10", "--set", "lstm:lr=abc"], "lstm:lr: expected a number, got 'abc'"),
+    (["--models", "lstm", "--tokens", "10", "--set", "lstm:hidden=abc"], "lstm:hidden: expected comma-separated"),
+    (["--models", "lstm", "--tokens", "10", "--set", "lstm:input=x"], "lstm:input must be one of onehot, embedding"),
     (["--models", "lstm", "--tokens", "10", "--set", "gru:lr=1"], "'gru' is not one of --models"),
     (["--models", "lstm", "--tokens", "10", "--set", "lstm"], "--set takes MODEL:KEY=VALUE"),
-    (["--models", "lstm", "--tokens", "10", "--hidden", "8,x"], "--hidden takes comma-separated integers"),
+    (["--models", "lstm", "--tokens", "10", "--hidden", "8,x"], "--hidden: expected comma-separated widths"),
     (["--models", "lstm", "--memory", "--tokens", "10"], "drop --minutes/--tokens"),
     (["--models", "lstm", "--memory", "--lengths", "1,10"], "--lengths must be at least 2"),
     (["--models", "lstm", "--tokens", "10", "--batch-size", "100000"], "larger than the data"),

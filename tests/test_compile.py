@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tncn
-from tncn.train import build_learner
+from tncn.temporal import build_learner
 
 OPTIONS = [
     dict(tokens=True),
@@ -78,10 +78,9 @@ def test_compiled_step_gives_the_eager_numbers(options):
 
 def test_learner_option_compiles_the_training_step():
     torch._dynamo.reset()
-    from tncn.temporal.ptncn_learner import DEFAULTS
     from sequences.batching import Batch
 
-    opts = {**DEFAULTS, "hidden": [6, 5], "init_std": 0.3}
+    opts = {"hidden": [6, 5], "init_std": 0.3}
     xs, mask = _inputs(True, T=6, B=3)
     batch = Batch(xs, mask, mask.bool(), reset=True)
     tallies = []

@@ -13,7 +13,8 @@ import torch
 from sequences.batching import Batch
 from tncn.metrics import score_frames
 from tncn.temporal.ptncn import PTNCN
-from tncn.train import build_learner, evaluate
+from tncn.temporal import build_learner
+from tncn.train import evaluate
 
 D = 12  # pixels per frame
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import shared_path
 from sequences import images
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 
 def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
@@ -53,14 +53,14 @@ def test_read_idx_big_endian_types(tmp_path):
 
 def test_read_idx_rejects_bad_magic_and_truncation(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
-    with pytest.raises(UserError, match="not an IDX file"):
+    with pytest.raises(DataError, match="not an IDX file"):
         images.read_idx(tmp_path / "bad")
     a = np.zeros((3, 2), dtype=np.uint8)
     write_idx(tmp_path / "t", a)
     (tmp_path / "t").write_bytes((tmp_path / "t").read_bytes()[:-1])
-    with pytest.raises(UserError, match="need .* bytes"):
+    with pytest.raises(DataError, match="need .* bytes"):
         images.read_idx(tmp_path / "t")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(DataError, match="cannot read"):
         images.read_idx(tmp_path / "missing")
 
 
@@ -93,27 +93,27 @@ def test_load_glyphs_prefers_train_and_checks_shapes(tmp_path):
     got, got_labels = images.load_glyphs(tmp_path)
     np.testing.assert_array_equal(got, imgs)
     np.testing.assert_array_equal(got_labels, labels)
-    with pytest.raises(UserError, match="has no train-images"):
+    with pytest.raises(DataError, match="has no train-images"):
         images.load_glyphs(tmp_path, "train")
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 4, 4), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2, np.uint8))
-    with pytest.raises(UserError, match="expected images"):
+    with pytest.raises(DataError, match="expected images"):
         images.load_glyphs(tmp_path)
 
 
 def test_bad_specs_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown data"):
+    with pytest.raises(DataError, match="unknown data"):
         images.load("no-such-thing")
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         images.load("mnist", root=tmp_path)
-    with pytest.raises(UserError, match="holds no IDX image set"):
+    with pytest.raises(DataError, match="holds no IDX image set"):
         images.load(str(tmp_path))
 
 
 def test_hf_offline_is_a_clear_user_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="Hugging Face dataset 'tncn-no-such/dataset'"):
+    with pytest.raises(DataError, match="Hugging Face dataset 'tncn-no-such/dataset'"):
         images.load("hf:tncn-no-such/dataset")
 
 

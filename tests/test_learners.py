@@ -10,7 +10,9 @@ import torch
 
 from tncn import learners
 from tncn.diagnostics import angle, filter_grid, local_discrepancy, save_filters, update_angles
-from tncn.mlp import MLP, error_rate, make_optimizer
+from tncn.mlp import MLP, error_rate
+from tncn.optim import make_optimizer
+from tncn.options import OptionError
 
 
 
@@ -43,8 +45,10 @@ def test_registry_names_and_errors():
     net = _net([5, 4, 3])
     with pytest.raises(ValueError, match="known: bp, dfa, fa, lra-e"):
         learners.make("dtp", net)
-    with pytest.raises(ValueError, match="takes no option 'beta'"):
+    with pytest.raises(OptionError, match="rule fa has no option 'beta'; its options: feedback_std"):
         learners.make("fa", net, beta=0.1)
+    with pytest.raises(OptionError, match="beta: expected a number"):
+        learners.make("lra-e", net, beta="abc")
 
 
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])

@@ -11,7 +11,8 @@ import torch
 from sequences.batching import Batch, StreamBatches
 from tncn.metrics import Tally
 from tncn.temporal.ptncn import PTNCN
-from tncn.train import build_learner, evaluate
+from tncn.temporal import build_learner
+from tncn.train import evaluate
 
 V = 7
 

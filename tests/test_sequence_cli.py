@@ -149,12 +149,12 @@ def test_bad_data_inputs(corpus, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--hidden", "0"], "hidden widths must be positive"),
-    (["--hidden", "8,-1"], "hidden widths must be positive"),
+    (["--hidden", "0"], "--hidden: widths must be positive, got '0'"),
+    (["--hidden", "8,-1"], "--hidden: widths must be positive, got '8,-1'"),
     (["--batch-size", "1000"], "batch size 1000 is larger than the data"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--protocol", "lines", "--seq-len", "5"], "--seq-len applies to the stream protocol"),
-    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to sgd and nesterov"),
+    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to sgd, momentum and nesterov, not adam"),
     (["--K", "0"], "K .* at least 1"),
 ])
 def test_bad_options(corpus, tmp_path, capsys, extra, pattern):

@@ -7,7 +7,7 @@ import pytest
 
 from sequences import streams
 from sequences.streams import Experience
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 
 def write(tmp_path, doc, name="stream.json"):
@@ -67,7 +67,7 @@ def test_to_json_round_trips(tmp_path):
     ("stdlib,,mnist", 1.0, None, "experience 1 has an empty data spec"),
 ])
 def test_comma_list_errors(spec, minutes, tokens, words):
-    with pytest.raises(UserError) as err:
+    with pytest.raises(DataError) as err:
         streams.parse(spec, minutes=minutes, tokens=tokens)
     assert words in str(err.value)
 
@@ -96,7 +96,7 @@ def test_comma_list_errors(spec, minutes, tokens, words):
 ])
 def test_json_errors_name_file_and_index(tmp_path, doc, words):
     path = write(tmp_path, doc)
-    with pytest.raises(UserError) as err:
+    with pytest.raises(DataError) as err:
         streams.parse(path)
     assert words in str(err.value)
     assert str(err.value).startswith(path + ":")
@@ -104,26 +104,26 @@ def test_json_errors_name_file_and_index(tmp_path, doc, words):
 
 def test_file_errors(tmp_path):
     missing = str(tmp_path / "nope.json")
-    with pytest.raises(UserError, match="no such stream file"):
+    with pytest.raises(DataError, match="no such stream file"):
         streams.parse(missing, tokens=5)
     bad = write(tmp_path, '[{"data": "a",\n "tokens": }]', "bad.json")
-    with pytest.raises(UserError) as err:
+    with pytest.raises(DataError) as err:
         streams.parse(bad)
     assert str(err.value).startswith(bad + ": invalid JSON at line 2")
     folder = tmp_path / "dir.json"
     folder.mkdir()
-    with pytest.raises(UserError, match="cannot read the stream file"):
+    with pytest.raises(DataError, match="cannot read the stream file"):
         streams.parse(str(folder), tokens=5)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b"\xff\xfe\x00[")
-    with pytest.raises(UserError, match="not a UTF-8 text file"):
+    with pytest.raises(DataError, match="not a UTF-8 text file"):
         streams.parse(str(binary), tokens=5)
-    with pytest.raises(UserError, match="only one of --minutes or --tokens"):
+    with pytest.raises(DataError, match="only one of --minutes or --tokens"):
         streams.parse(write(tmp_path, [{"data": "a", "tokens": 5}]), minutes=1, tokens=5)
 
 
 def test_experience_checks_its_budget():
-    with pytest.raises(UserError, match="exactly one of minutes or tokens"):
+    with pytest.raises(DataError, match="exactly one of minutes or tokens"):
         Experience("a", "stdlib")
-    with pytest.raises(UserError, match="exactly one of minutes or tokens"):
+    with pytest.raises(DataError, match="exactly one of minutes or tokens"):
         Experience("a", "stdlib", minutes=1.0, tokens=3)

@@ -13,7 +13,7 @@ import torch
 
 from sequences import stdlib_corpus, text
 from sequences.vocab import Vocabulary
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 
 def write(path, content, binary=False):
@@ -114,9 +114,9 @@ def test_stream_protocol_masks_and_scoring(small):
 
 def test_batch_larger_than_the_data_is_refused(small):
     v = small.vocabulary("lines")
-    with pytest.raises(UserError, match="larger than the data"):
+    with pytest.raises(DataError, match="larger than the data"):
         small.batches("train", v, "lines", batch_size=5)  # 4 usable sequences
-    with pytest.raises(UserError, match="larger than the data"):
+    with pytest.raises(DataError, match="larger than the data"):
         small.batches("train", small.vocabulary("stream"), "stream", batch_size=11, seq_len=5)  # 21 symbols
     # evaluation clamps the rows instead
     assert small.batches("valid", v, "lines", batch_size=50, clamp=True).batch_size == 2
@@ -152,7 +152,7 @@ def test_ptb_char_reader_handles_the_format_quirks(tmp_path):
     batches = corpus.batches("train", v, "lines", batch_size=3)
     assert batches.n_tokens == 8 + 8 + 3 and batches.n_scored == 19 - 3
     # the same folder read as a plain folder is ambiguous (two train files)
-    with pytest.raises(UserError, match="several train files.*ptb-char"):
+    with pytest.raises(DataError, match="several train files.*ptb-char"):
         text.load(str(tmp_path))
     word = text.load(f"ptb-word:{tmp_path}")
     assert word.level == "word" and word.lines["train"] == [["a", "b"]]
@@ -162,11 +162,11 @@ def test_ptb_char_reader_handles_the_format_quirks(tmp_path):
 def test_ptb_char_reader_refuses_other_files(tmp_path):
     for split in ("train", "valid", "test"):
         write(tmp_path / f"ptb.char.{split}.txt", "hello world\n")
-    with pytest.raises(UserError, match="not one character"):
+    with pytest.raises(DataError, match="not one character"):
         text.load(f"ptb-char:{tmp_path}")
-    with pytest.raises(UserError, match="needs its folder"):
+    with pytest.raises(DataError, match="needs its folder"):
         text.load("ptb-char")
-    with pytest.raises(UserError, match="drop --level"):
+    with pytest.raises(DataError, match="drop --level"):
         text.load(f"ptb-char:{tmp_path}", level="word")
 
 
@@ -178,30 +178,30 @@ def test_single_file_split_90_5_5(tmp_path):
     assert corpus.lines["test"] == lines[38:]
     words = text.load(str(path), level="word")
     assert words.lines["train"][3] == ["line", "3"]
-    with pytest.raises(UserError, match="too few to split"):
+    with pytest.raises(DataError, match="too few to split"):
         text.load(str(write(tmp_path / "short.txt", "a\nb\nc\n")))
 
 
 def test_bad_files_get_clear_errors(tmp_path):
-    with pytest.raises(UserError, match="no such file or folder"):
+    with pytest.raises(DataError, match="no such file or folder"):
         text.load(str(tmp_path / "missing.txt"))
-    with pytest.raises(UserError, match="is empty"):
+    with pytest.raises(DataError, match="is empty"):
         text.load(str(write(tmp_path / "empty.txt", "")))
     bad = write(tmp_path / "bad.txt", b"good line\n\xff\xfe rest\n", binary=True)
-    with pytest.raises(UserError, match=r"undecodable bytes at offset 10 \(byte 0xff\)"):
+    with pytest.raises(DataError, match=r"undecodable bytes at offset 10 \(byte 0xff\)"):
         text.load(str(bad))
     folder = tmp_path / "nosplits"
     write(folder / "train.txt", "abc\n")
     write(folder / "notes.txt", "abc\n")
-    with pytest.raises(UserError, match="has no valid file"):
+    with pytest.raises(DataError, match="has no valid file"):
         text.load(str(folder))
-    with pytest.raises(UserError, match="unknown level"):
+    with pytest.raises(DataError, match="unknown level"):
         text.load("stdlib", level="byte")
 
 
 def test_hub_name_offline_fails_clearly(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(UserError, match="hf:no_such_dataset_xyz.*(cannot be reached|offline|Offline)"):
+    with pytest.raises(DataError, match="hf:no_such_dataset_xyz.*(cannot be reached|offline|Offline)"):
         text.load("hf:no_such_dataset_xyz")
 
 

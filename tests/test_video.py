@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_path
 from sequences import video
 from sequences.vocab import Vocabulary
-from tncn.errors import UserError
+from sequences.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -301,31 +301,31 @@ def test_is_video():
     ({"n_glyphs": 0}, "at least 1 glyph"),
 ])
 def test_bad_arguments(kwargs, words):
-    with pytest.raises(UserError, match=words):
+    with pytest.raises(DataError, match=words):
         video.load("bouncing-glyphs", **kwargs)
 
 
 def test_unknown_and_missing_data(tmp_path):
-    with pytest.raises(UserError, match="bouncing:PATH"):
+    with pytest.raises(DataError, match="bouncing:PATH"):
         video.load("bouncing-cifar")
-    with pytest.raises(UserError) as err:
+    with pytest.raises(DataError) as err:
         video.load("bouncing-mnist", root=tmp_path)
     assert str(tmp_path / "mnist") in str(err.value) and "bouncing:PATH" in str(err.value)
-    with pytest.raises(UserError, match="no folder"):
+    with pytest.raises(DataError, match="no folder"):
         video.load(f"bouncing:{tmp_path / 'nothing'}")
-    with pytest.raises(UserError, match="no IDX image set"):
+    with pytest.raises(DataError, match="no IDX image set"):
         video.load(f"bouncing:{tmp_path}")
 
 
 def test_batch_errors(small):
-    with pytest.raises(UserError, match="trained on frames of shape 64x64 and this data has 32x32"):
+    with pytest.raises(DataError, match="trained on frames of shape 64x64 and this data has 32x32"):
         small.batches("train", video.FrameSpace((64, 64)))
-    with pytest.raises(UserError, match="batch size 8 is larger than the data"):
+    with pytest.raises(DataError, match="batch size 8 is larger than the data"):
         small.batches("test", small.vocabulary(), batch_size=8)
     assert small.batches("test", small.vocabulary(), batch_size=8, clamp=True).batch_size == 5
-    with pytest.raises(UserError, match="char-level model cannot read frames"):
+    with pytest.raises(DataError, match="char-level model cannot read frames"):
         small.batches("train", Vocabulary.build("char", ["ab"]))
-    with pytest.raises(UserError, match="unknown split"):
+    with pytest.raises(DataError, match="unknown split"):
         small.sequence("dev", 0)
 
 

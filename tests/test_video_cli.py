@@ -17,7 +17,8 @@ from sequences import video
 from test_images import write_idx
 from tncn import continual, runs
 from tncn.cli import main
-from tncn.train import Budget, Progress, build_learner, evaluate, fit
+from tncn.temporal import build_learner
+from tncn.train import Budget, Progress, evaluate, fit
 
 def refused(argv, pattern, capsys):
     """The command exits with status 2 and one line on stderr matching ``pattern``."""
@@ -153,10 +154,7 @@ def test_lstm_video_run_refuses_a_correction_switch(tmp_path, blobs, capsys):
     refused(["eval", "--checkpoint", str(out), "--frozen-correction", "off"], "no state-correction phase", capsys)
 
 
-def test_compare_on_video(tmp_path, capsys, monkeypatch):
-    from tncn.commands import compare
-
-    monkeypatch.setattr(compare, "_spawn", lambda task, threads: compare.run_task(task))  # in-process
+def test_compare_on_video(tmp_path, capsys, in_process):
     out = tmp_path / "cmp"
     assert main(["compare", "--data", "bouncing-glyphs", *SHAPE, "--models", "ptncn,gru", "--hidden", "8",
                  "--batch-size", "8", "--tokens", "64", "--points", "1", "--out", str(out)]) == 0

@@ -3,36 +3,38 @@
 One run measures, side by side (so ratios are meaningful on a noisy shared machine):
 
 - the float32 matrix-multiply rate of this machine (GFLOP/s), square and at P-TNCN's shape;
-- tokens/s of a P-TNCN training step (hypothesize, correct, local updates, reference Nesterov SGD),
-  eager and through ``torch.compile``, and its *useful* GFLOP/s: the FLOPs of the products the
-  equations need (``ptncn_flops_per_token``) divided by the time, as a fraction of the measured
+- tokens/s of P-TNCN training (``train_segment`` of the ``ptncn`` learner that ``tncn compare``
+  runs: hypothesize, correct, local updates, the reference Nesterov SGD, scoring), eager and
+  through ``torch.compile``, and its *useful* GFLOP/s: the FLOPs of the products the equations
+  need (``ptncn_flops_per_token``) divided by the time, as a fraction of the measured
   matrix-multiply rate;
 - a bound for the P-TNCN recipe from two measured rates (``ptncn_bound``): its products at the
   matmul rate of the step's own shape, then its weight traffic (``ptncn_step_bytes``) at the
   measured memory bandwidth;
-- tokens/s of LSTM and GRU training with truncated BPTT (window 50) at the same width, depth, batch;
-- peak memory growth of one training pass over a single sequence of length T for P-TNCN and for an
-  LSTM trained by full BPTT (each in a fresh subprocess; CPU: growth of the peak resident set size
-  over the set-up, the peak being reset first through /proc/self/clear_refs;
-  CUDA: ``torch.cuda.max_memory_allocated``).
+- tokens/s of the ``lstm`` and ``gru`` learners (one-hot input, Adam) with truncated BPTT (window
+  50) at the same width, depth and batch;
+- peak memory growth of one training pass over a single sequence of length T for P-TNCN and for
+  the LSTM trained by full BPTT (``memory_pass``, each in a fresh process: ``peak_memory_mb``; CPU:
+  growth of the peak resident set size over the set-up, the peak being reset first through
+  /proc/self/clear_refs; CUDA: ``torch.cuda.max_memory_allocated``); ``tncn compare --memory``
+  measures its table the same way.
 
-Every P-TNCN token here is real (random ids, no padding): the rate counts real tokens only.
+Every token here is real (random ids, no padding): the rates count real tokens only.
 """
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 import tncn
+from sequences.batching import Batch
+from tncn import isolate
+from tncn.temporal import build_learner
 
 
 def sync(device):
@@ -106,97 +108,62 @@ def ptncn_flops_per_token(model: "tncn.PTNCN") -> float:
     return flops
 
 
-def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, fused=True,
-                     compiled=False) -> float:
-    """Tokens/s of P-TNCN training steps (``PTNCN.train_step``) on random ids (or dense frames);
-    ``compiled``: through ``PTNCN.compile_step`` (compiled in the untimed warm-up)."""
-    model = tncn.PTNCN(vocab, hidden, tokens=tokens).to(device)
-    if compiled:
-        model.compile_step()
-    kw = {"fused": True} if fused else {}
-    opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, **kw)
-    model.reset(batch)
+def random_batch(size: int, steps: int, batch: int, generator: torch.Generator, frames: bool = False,
+                 reset: bool = False) -> Batch:
+    """``steps`` × ``batch`` random ids of a vocabulary of ``size`` (or binary frames of ``size``
+    pixels), all real; every position scored but the first after a reset."""
+    x = (torch.rand(steps, batch, size, generator=generator).round() if frames
+         else torch.randint(0, size, (steps, batch), generator=generator))
+    mask = torch.ones(steps, batch)
+    score = mask.bool()
+    if reset:
+        score[0] = False
+    return Batch(x, mask, score, reset)
+
+
+def learner_train_rate(kind: str, options: dict, size: int, batch: int, steps: int, device="cpu",
+                       repeats: int = 5, frames: bool = False) -> float:
+    """Tokens/s of ``train_segment`` of the learner ``kind`` (as ``tncn compare`` builds it) on
+    segments of ``steps`` random ids with the state carried from one to the next."""
+    learner = build_learner(kind, options, size, device, 0, frames)
     gen = torch.Generator().manual_seed(0)
-    steps = max(5, int(2e9 / (ptncn_flops_per_token(model) * batch)))
-    data = (torch.randint(0, vocab, (steps, batch), generator=gen) if tokens
-            else torch.rand(steps, batch, vocab, generator=gen).round()).to(device)
-
-    def run():
-        for t in range(steps):
-            if model.train_step(data[t]):
-                opt.step()
-    return _median_rate(run, steps * batch, repeats, device)
+    learner.train_segment(random_batch(size, 2, batch, gen, frames, reset=True))
+    data = random_batch(size, steps, batch, gen, frames)
+    return _median_rate(lambda: learner.train_segment(data), steps * batch, repeats, device)
 
 
-class _RNNLM(nn.Module):
-    """Embedding, a torch RNN kernel (LSTM or GRU) and a softmax head: the BPTT reference point."""
-
-    def __init__(self, cell: str, vocab: int, hidden: int, layers: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, hidden)
-        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](hidden, hidden, layers)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, x, state=None):
-        h, state = self.rnn(self.embed(x), state)
-        return self.head(h), state
-
-
-def _detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, compiled=False) -> float:
+    """Tokens/s of P-TNCN training (the ``ptncn`` learner, reference options; ``compiled``: its
+    ``compile`` option, compiled in the untimed warm-up)."""
+    steps = max(5, int(2e9 / (ptncn_flops_per_token(tncn.PTNCN(vocab, hidden, tokens=tokens)) * batch)))
+    return learner_train_rate("ptncn", {"hidden": list(hidden), "compile": compiled}, vocab, batch, steps, device,
+                              repeats, frames=not tokens)
 
 
 def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu", repeats=5) -> float:
-    """Tokens/s of truncated-BPTT training (window ``window``, state carried, Adam)."""
-    model = _RNNLM(cell, vocab, hidden, layers).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    gen = torch.Generator().manual_seed(0)
+    """Tokens/s of the ``cell`` learner (lstm, gru, rnn) with truncated BPTT (window ``window``)."""
     windows = max(2, int(20 * 50 * 256 * 256 / (window * hidden * hidden)))
-    data = torch.randint(0, vocab, (windows, window + 1, batch), generator=gen).to(device)
-    state = None
-
-    def run():
-        nonlocal state
-        for w in range(windows):
-            logits, state = model(data[w, :-1], state)
-            state = _detach(state)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[w, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return _median_rate(run, windows * window * batch, repeats, device)
+    return learner_train_rate(cell, {"hidden": [hidden] * layers, "bptt": window}, vocab, batch, windows * window,
+                              device, repeats)
 
 
 # --------------------------------------------------------------------------- memory
 
-def _memory_child(kind: str, T: int, hidden: int, batch: int, vocab: int, device: str) -> tuple[float, float]:
-    """(peak MB, growth of the peak over the set-up MB) of one training pass over one sequence."""
-    torch.manual_seed(0)
-    data = torch.randint(0, vocab, (T, batch)).to(device)
-    if kind == "ptncn":
-        model = tncn.PTNCN(vocab, [hidden, hidden]).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True)
-        model.reset(batch)
-        model.train_step(data[0])
-        model.train_step(data[1])
-        opt.step()   # grads and momentum buffers exist before the baseline is taken
-    else:
-        model = _RNNLM("lstm", vocab, hidden, 2).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+def memory_pass(task: dict) -> dict:
+    """Peak memory of one training pass of the learner ``task["kind"]`` (``options``, observation
+    ``size``, ``frames``) over one sequence of ``T`` random observations in ``batch_size`` rows,
+    after a warm-up pass, so that gradients and optimizer state already exist: ``peak_mb`` and its
+    ``growth_mb`` over the set-up. Run it in a fresh process (``peak_memory_mb``)."""
+    device = task["device"]
+    gen = torch.Generator().manual_seed(task["seed"])
+    learner = build_learner(task["kind"], task["options"], task["size"], device, task["seed"], task["frames"])
+    learner.train_segment(random_batch(task["size"], 3, task["batch_size"], gen, task["frames"], reset=True))
+    data = random_batch(task["size"], task["T"], task["batch_size"], gen, task["frames"], reset=True)
     base = peak_mb(device, reset=True)
-    if kind == "ptncn":
-        model.reset(batch)
-        for t in range(T):
-            if model.train_step(data[t]):
-                opt.step()
-    else:
-        logits, _ = model(data[:-1])
-        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
-        loss.backward()
-        opt.step()
+    learner.train_segment(data)
     sync(device)
     peak = peak_mb(device)
-    return peak, peak - base
+    return {"peak_mb": round(peak, 1), "growth_mb": round(peak - base, 1)}
 
 
 def peak_mb(device, reset=False) -> float:
@@ -222,13 +189,12 @@ def peak_mb(device, reset=False) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def peak_memory_mb(kind: str, T: int, hidden=256, batch=32, vocab=49, device="cpu") -> tuple[float, float]:
-    """(peak, growth) in MB from ``_memory_child`` run in a fresh interpreter."""
-    code = (f"import tncn.bench as b; print(*b._memory_child({kind!r}, {T}, {hidden}, {batch}, {vocab}, {device!r}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
-    peak, growth = out.stdout.strip().splitlines()[-1].split()
-    return float(peak), float(growth)
+def peak_memory_mb(kind: str, options: dict, T: int, batch: int = 32, size: int = 49, frames: bool = False,
+                   device="cpu", seed: int = 0, threads: int = 1) -> dict:
+    """``memory_pass`` in a fresh interpreter."""
+    task = dict(kind=kind, options=options, T=T, batch_size=batch, size=size, frames=frames, device=str(device),
+                seed=seed)
+    return isolate.run("tncn.bench:memory_pass", task, threads, f"{kind} memory (T = {T:,})")
 
 
 # --------------------------------------------------------------------------- the table
@@ -285,9 +251,9 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
     for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
         for T in [100, 1000] if quick else [100, 1000, 10000]:
             progress(f"memory {label} T={T} ...")
-            peak_mb_, growth = peak_memory_mb(kind, T, device=device)
-            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=peak_mb_,
-                            note=f"growth during the pass: {growth:,.1f} MB"))
+            m = peak_memory_mb(kind, {"hidden": [256, 256]}, T, device=device, threads=torch.get_num_threads())
+            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=m["peak_mb"],
+                            note=f"growth during the pass: {m['growth_mb']:,.1f} MB"))
     result["matmul_gflops_50xHxH"] = shape_gflops  # the rates the bounds used, by width H
     result["rows"] = [r.__dict__ for r in rows]
     return result

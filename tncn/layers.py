@@ -168,6 +168,14 @@ def init_weight(
 
 # --------------------------------------------------------------------------- layers
 
+def grad_buffer(prm: Tensor) -> Tensor:
+    """``prm.grad``, allocated once and then reused: a local rule writes its update into it in
+    place (``out=``), and the optimizer reads it there."""
+    if prm.grad is None or prm.grad.shape != prm.shape:
+        prm.grad = torch.empty_like(prm)
+    return prm.grad
+
+
 class Dense(nn.Module):
     """One synaptic layer in the row-vector layout: ``a = x W (+ b)``, ``h = f(a)``.
 

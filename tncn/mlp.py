@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tncn.layers import Dense, lookup
+from tncn.layers import Dense
 
 Tensor = torch.Tensor
 
@@ -95,23 +95,6 @@ def error_rate(net: MLP, x: Tensor, y: Tensor, batch_size: int = 2000) -> float:
     for i in range(0, len(x), batch_size):
         wrong += (net.logits(x[i:i + batch_size]).argmax(-1) != y[i:i + batch_size]).sum().item()
     return wrong / max(len(x), 1)
-
-
-# --------------------------------------------------------------------------- optimizers
-
-OPTIMIZERS: dict[str, Callable] = {
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
-    "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
-    "nesterov": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
-}
-"""Optimizers by name: plain SGD, SGD with momentum 0.9 (heavy ball or Nesterov), Adam, RMSprop."""
-
-
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """The optimizer called ``name`` over ``params`` with learning rate ``lr``."""
-    return lookup(OPTIMIZERS, name, "optimizer")(params, lr)
 
 
 # --------------------------------------------------------------------------- training loop

@@ -22,46 +22,59 @@ from sequences import text, video
 from sequences.vocab import Vocabulary
 from tncn import checkpoint
 from tncn.errors import UserError
+from tncn.options import OptionError
 from tncn.metrics import METRICS
-from tncn.train import Progress, build_learner, learner_module
+from tncn.temporal import build_learner, learner_class
+from tncn.train import Progress
 
 KIND = "sequence"
 FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, "curves.png", "frames.png")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``, refusing CUDA where it is not available."""
+    """``cpu``, ``cuda`` or ``cuda:N``, refusing CUDA where it is not available (an ``OptionError``
+    of the option ``device``)."""
+    def refuse(why: str):
+        return OptionError("device", f"{{}} {name}: {why}")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: not a device name (use cpu, cuda or cuda:N)") from None
+        raise refuse("not a device name (use cpu, cuda or cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
-                            f"{'built without CUDA' if torch.version.cuda is None else 'no usable GPU'})")
+            raise refuse(f"CUDA is not available here (torch {torch.__version__}, "
+                         f"{'built without CUDA' if torch.version.cuda is None else 'no usable GPU'})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise refuse(f"only {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
+        raise refuse("only cpu and cuda are supported")
     return dev
 
 
 def open_data(spec: str, config: dict):
     """The data ``spec`` as a run with ``config`` reads it: a ``sequences.video.VideoData`` with the
-    run's frame settings for video specs, else a ``sequences.text.Corpus`` at the run's level (PTB
-    forms fix their own level)."""
+    run's frame settings (and ``data_root``) for video specs, else a ``sequences.text.Corpus`` at
+    the run's level (PTB forms fix their own level)."""
     if video.is_video(spec):
         if config.get("level") not in (None, "frames"):
             raise UserError(f"{spec} is video data and this model was trained on {config['level']} symbols")
-        return video.load(spec, config["frames"], config["frame_size"], config["glyphs"])
+        return video.load(spec, config["frames"], config["frame_size"], config["glyphs"], root=config.get("data_root"))
     if config.get("level") == "frames":
         raise UserError(f"{spec} is text and this model was trained on video frames")
     return text.load(spec, None if spec.startswith(("ptb-char", "ptb-word")) else config.get("level"))
 
 
+def saved_model(out: Path) -> Optional[str]:
+    """The model of the run folder ``out`` by its config.json (None when it has none)."""
+    try:
+        return json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def learner_options(config: dict) -> dict:
     """The learner's options out of a flat run config."""
-    return {k: config[k] for k in learner_module(config["model"]).DEFAULTS}
+    return {k: config[k] for k in learner_class(config["model"]).defaults()}
 
 
 @dataclass
@@ -76,9 +89,10 @@ class Run:
     path: Path
 
 
-def load(path, device: Optional[str] = None) -> Run:
+def load(path, device: Optional[str] = None, runtime: Optional[dict] = None) -> Run:
     """The checkpoint at ``path`` (a run folder or a checkpoint file), rebuilt on ``device``
-    (default: the device it was trained on)."""
+    (default: the device it was trained on), with ``runtime`` options (``Option.runtime``, such
+    as ``compile``) changed where given."""
     data = checkpoint.load(path, KIND)
     where = checkpoint.resolve(path)
     try:
@@ -86,7 +100,8 @@ def load(path, device: Optional[str] = None) -> Run:
         frames = data["vocab"].get("level") == "frames"
         vocab = (video.FrameSpace if frames else Vocabulary).from_dict(data["vocab"])
         device = resolve_device(device or config["device"])
-        learner = build_learner(config["model"], learner_options(config), len(vocab), device, config["seed"], frames)
+        options = {**learner_options(config), **(runtime or {})}
+        learner = build_learner(config["model"], options, len(vocab), device, config["seed"], frames)
         learner.load_state_dict(data["learner"])
         progress = Progress.from_dict(data["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -99,20 +114,6 @@ def save(out: Path, config: dict, vocab: Vocabulary, learner, progress: Progress
     return checkpoint.save(out / checkpoint.FILENAME, {
         "config": config, "vocab": vocab.to_dict(), "learner": learner.state_dict(),
         "progress": progress.to_dict(), "rng": checkpoint.rng_state()}, KIND)
-
-
-def check_out(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to write into an existing, non-empty folder unless resuming or forced."""
-    if resume and force:
-        raise UserError("--resume and --force exclude each other")
-    if resume:
-        if not (out / checkpoint.FILENAME).is_file():
-            raise UserError(f"--resume: no checkpoint in {out}")
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already exists; continue it with --resume or overwrite it with --force")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -163,5 +164,5 @@ def plot_frames(path: Path, learner, data, split: str = "test", index: int = 0, 
     clip = data.sequence(split, index)
     T, rows, cols = clip.shape
     predicted = learner.predict_frames(torch.from_numpy(clip.reshape(T, -1)), correction=correction)
-    title = f"{learner.kind}: {data.source} {split} sequence {index}, true (top) and predicted (bottom)"
+    title = f"{learner.label}: {data.source} {split} sequence {index}, true (top) and predicted (bottom)"
     video.save_frames_png(path, clip, predicted.numpy().reshape(T, rows, cols), title=title)

@@ -32,45 +32,35 @@ from pathlib import Path
 import torch
 
 from tncn import continual, runs
-from tncn.commands import sizing
+from tncn.commands import flags, sizing
 from tncn.errors import UserError
 from tncn.metrics import METRICS
-from tncn.train import NEVER, Progress, build_learner, evaluate, fit
+from tncn.options import INT, Option, positive
+from tncn.temporal import build_learner
+from tncn.train import evaluate, fit_marks
+
+POINTS = Option("points", INT, 4, "scorings along each experience (the last at its end)", check=positive)
 
 
-
-def register(sub) -> None:
+def register(sub, argv=None) -> None:
     p = sub.add_parser(
         "continual", help="train on a stream of tasks in turn; score matrix, forgetting, transfer",
         description="Train each model on the experiences of --stream one after another; after each one score "
-                    "every experience's test split. Writes results.json, matrix.png, curves.png and table.md.")
+                    "every experience's test split. Writes results.json, matrix.png, curves.png and table.md.",
+        parents=[flags.parent("data_root", "level", "protocol", "seq_len", "batch_size", title="data"),
+                 flags.parent(*flags.VIDEO, title="video data"),
+                 flags.budget(("minutes", "tokens"), helps={
+                     "minutes": "training time per experience in minutes (validation excluded)",
+                     "tokens": "training symbols (frames for video) per experience"}),
+                 flags.parent("seed", "device", "threads", title="run"),
+                 flags.outputs("output folder", required=True)])
     p.add_argument("--stream", required=True,
                    help="comma-separated data (e.g. bouncing-mnist,bouncing-notmnist,bouncing-fashion or "
                         "stdlib,PATH.txt) or a JSON stream file "
                         "[{\"data\": ..., \"name\": ..., \"minutes\"|\"tokens\": ...}]")
-    p.add_argument("--models", default="ptncn,lstm", help="comma-separated learners (default ptncn,lstm)")
-    b = p.add_mutually_exclusive_group()
-    b.add_argument("--minutes", type=float, help="training time per experience (validation excluded)")
-    b.add_argument("--tokens", type=int, help="training symbols (frames for video) per experience")
-    p.add_argument("--points", type=int, default=4, help="scorings along each experience (4; the last at its end)")
-    p.add_argument("--hidden", default="256,256", help="P-TNCN's widths (default 256,256)")
-    p.add_argument("--match", choices=["params", "hidden"], default="params",
-                   help="size the baselines to P-TNCN's parameter count (default) or give them its widths")
-    p.add_argument("--bptt", help="full (default) or K: truncated BPTT window of the baselines")
-    p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
-                   help="an option of one model, e.g. ptncn:optimizer=adam (repeatable)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences (or parallel streams) per batch (32)")
-    p.add_argument("--frames", type=int, default=20, help="video: frames per sequence (20)")
-    p.add_argument("--frame-size", type=int, default=64, help="video: side of the square frame in pixels (64)")
-    p.add_argument("--glyphs", type=int, default=2, help="video: moving glyphs per sequence (2)")
-    p.add_argument("--level", choices=["char", "word"], help="text: characters (default) or words")
-    p.add_argument("--protocol", choices=["lines", "stream"], default="stream", help="text: default stream")
-    p.add_argument("--seq-len", type=int, default=100, help="text: segment length of the stream protocol (100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (0)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (1)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--force", action="store_true", help="overwrite the files in an existing --out")
+    g = p.add_argument_group("models")
+    sizing.add_flags(g, "ptncn,lstm")
+    flags.add(g, [POINTS])
     p.set_defaults(func=run)
 
 
@@ -123,14 +113,8 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
     try:
         for i, (e, d) in enumerate(zip(experiences, data)):
             train = d.batches("train", *args, seed + i)
-            p = Progress()
-            by_time = e.minutes is not None
-            total = 60.0 * e.minutes if by_time else e.tokens
-            spent = (lambda: p.train_s) if by_time else (lambda: p.tokens)
-            for k in range(1, points + 1):
-                mark = total * k / points
-                if spent() < mark:
-                    fit(learner, train, None, NEVER, progress=p, should_stop=lambda: spent() >= mark, bar=False)
+
+            def mark(p, e=e) -> None:
                 row = scores()
                 curve["tokens"].append(done_tokens + p.tokens)
                 curve["seconds"].append(round(done_s + p.train_s, 3))
@@ -138,6 +122,9 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
                     curve["scores"][n].append(s)
                 bar.update(1)
                 bar.set_postfix_str(f"{e.name}: " + ", ".join(f"{s:.3f}" for s in row), refresh=False)
+
+            p = fit_marks(learner, train, e.minutes, e.tokens, points, mark)
+            row = [curve["scores"][n][-1] for n in names]
             R.append(row)
             done_tokens, done_s = done_tokens + p.tokens, done_s + p.train_s
             curve["boundaries"].append(done_tokens)
@@ -146,7 +133,7 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
                       + ", ".join(f"{n} {s:.4f}" for n, s in zip(names, row)), file=sys.stderr)
     finally:
         bar.close()
-    return dict(options=options, params=sizing.n_params(learner), hidden=list(options["hidden"]),
+    return dict(options=options, params=learner.n_weights(), hidden=list(options["hidden"]),
                 R=R, initial=initial, experiences=legs, curve=curve,
                 summary=continual.summarize(R, higher_is_better=False, initial=initial))
 
@@ -156,42 +143,43 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
 def run(args) -> int:
     from sequences import streams
 
-    models = sizing.model_list(args.models)
-    hidden = sizing.ints(args.hidden, "--hidden")
-    sizing.check_positive(args, ("batch_size", "seq_len", "points", "threads", "frames", "frame_size", "glyphs"))
-    experiences = streams.parse(args.stream, args.minutes, args.tokens)
-    sets = sizing.parse_sets(args.set, models)
-    device = runs.resolve_device(args.device)
+    o = flags.read(args, "data_root", "level", "protocol", "seq_len", "batch_size", *flags.VIDEO, "seed", "device",
+                   "threads")
+    points = flags.values(args, [POINTS])["points"]
+    budget = flags.given(args, [flags.FLAGS["minutes"], flags.FLAGS["tokens"]])
+    experiences = streams.parse(args.stream, budget.get("minutes"), budget.get("tokens"))
+    models, sets = sizing.models_and_sets(args)
+    device = runs.resolve_device(o["device"])
     out = Path(args.out)
-    runs.check_out(out, resume=False, force=args.force)
-    torch.set_num_threads(args.threads)
+    flags.check_out(out, args.force)
+    torch.set_num_threads(o["threads"])
 
-    settings = dict(frames=args.frames, frame_size=args.frame_size, glyphs=args.glyphs, level=args.level,
-                    protocol=args.protocol, batch_size=args.batch_size,
-                    seq_len=args.seq_len if args.protocol == "stream" else None)
+    settings = dict(frames=o["frames"], frame_size=o["frame_size"], glyphs=o["glyphs"], data_root=o["data_root"],
+                    level=o["level"], protocol=o["protocol"], batch_size=o["batch_size"],
+                    seq_len=o["seq_len"] if o["protocol"] == "stream" else None)
     data, vocab, metric = open_stream(experiences, settings)
     frames = metric == "bce"
     if frames:
         settings.update(level="frames", protocol="sequences", seq_len=None)
     else:
-        settings = {k: v for k, v in settings.items() if k not in ("frames", "frame_size", "glyphs")}
+        settings = {k: v for k, v in settings.items() if k not in flags.VIDEO}
         settings["level"] = vocab.level
     args_b = (vocab, settings["protocol"], settings["batch_size"], settings["seq_len"])
     for d in data:  # a batch size the data cannot fill fails here, in one line
-        d.batches("train", *args_b, args.seed)
+        d.batches("train", *args_b, o["seed"])
         d.batches("test", *args_b, clamp=True)
-    options, target = sizing.plan(models, len(vocab), hidden, args.match, args.bptt, sets, args.seed, frames)
+    options, target = sizing.plan_for(args, models, sets, len(vocab), o["seed"], frames)
 
     out.mkdir(parents=True, exist_ok=True)
     names = [e.name for e in experiences]
     result = dict(stream=streams.to_json(experiences), **settings, metric=metric, unit=METRICS[metric].unit,
-                  higher_is_better=False, points=args.points, seed=args.seed, threads=args.threads,
-                  device=str(device), torch=torch.__version__, size=len(vocab), ptncn_params=target, models={})
+                  higher_is_better=False, points=points, seed=o["seed"], threads=o["threads"], device=str(device),
+                  torch=torch.__version__, size=len(vocab), first_model=models[0], first_params=target, models={})
     for kind in models:
         print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
         t0 = time.perf_counter()
         result["models"][kind] = run_stream(kind, options[kind], experiences, data, vocab, settings,
-                                            args.points, device, args.seed)
+                                            points, device, o["seed"])
         result["models"][kind]["wall_s"] = round(time.perf_counter() - t0, 1)
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     matrices = {k: m["R"] for k, m in result["models"].items()}

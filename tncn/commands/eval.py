@@ -20,25 +20,28 @@ from pathlib import Path
 import torch
 
 from tncn import runs
+from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.train import evaluate
 
 
-def register(sub) -> None:
+def register(sub, argv=None) -> None:
+    run_default = "(default: the run's)"
     p = sub.add_parser("eval", help="score a trained sequence model (BPC, perplexity, accuracy)",
-                       description="Score a checkpoint on a data split with frozen weights.")
+                       description="Score a checkpoint on a data split with frozen weights.",
+                       parents=[flags.parent("data", "data_root", "protocol", "batch_size", "device", "threads", helps={
+                           "data": f"data to score {run_default}; the forms of tncn train",
+                           "data_root": f"folder holding the IDX image sets {run_default}",
+                           "protocol": f"lines or stream {run_default}",
+                           "batch_size": f"rows per batch {run_default}; the stream protocol scores the first symbol "
+                                         "of each row without context",
+                           "device": f"cpu, cuda or cuda:N {run_default}"})])
     p.add_argument("--checkpoint", required=True, help="run folder (or its checkpoint.pt)")
-    p.add_argument("--data", help="data to score (default: the run's own data); same forms as tncn train")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test", help="default test")
-    p.add_argument("--protocol", choices=["lines", "stream"], help="default: the run's protocol")
-    p.add_argument("--batch-size", type=int, help="rows per batch (default: the run's; the stream protocol "
-                                                  "scores the first symbol of each row without context)")
     p.add_argument("--frozen-correction", choices=["on", "off"], default="on",
                    help="score with (on, default) or without the state-correction phase")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--frames-png", help="video: draw the split's first sequence and its predictions into this PNG")
-    p.add_argument("--device", help="default: the device the run used")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     p.set_defaults(func=run)
 
 
@@ -62,22 +65,19 @@ def _raw(t: torch.Tensor) -> torch.Tensor:
 
 
 def run(args) -> int:
-    if args.threads <= 0:
-        raise UserError(f"--threads must be positive, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    saved = runs.load(args.checkpoint, args.device)
+    o = flags.given(args, [flags.FLAGS[k] for k in ("data", "data_root", "protocol", "batch_size", "device")])
+    torch.set_num_threads(flags.read(args, "threads")["threads"])
+    saved = runs.load(args.checkpoint, o.get("device"))
     config, vocab, learner = saved.config, saved.vocab, saved.learner
-    data = args.data or config["data"]
+    data = o.get("data", config["data"])
     frames = vocab.level == "frames"
-    if frames and args.protocol:
+    if frames and "protocol" in o:
         raise UserError("--protocol applies to text; video sequences are whole clips")
-    protocol = args.protocol or config["protocol"]
-    batch_size = args.batch_size or config["batch_size"]
-    if batch_size <= 0:
-        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    protocol = o.get("protocol", config["protocol"])
+    batch_size = o.get("batch_size", config["batch_size"])
     if args.frames_png and not frames:
         raise UserError("--frames-png applies to models of video frames")
-    corpus = runs.open_data(data, config)
+    corpus = runs.open_data(data, {**config, "data_root": o.get("data_root", config.get("data_root"))})
     # the segment length only sets how the stream is cut; the state is carried across segments
     batches = corpus.batches(args.split, vocab, protocol, batch_size, config["seq_len"] or 100, clamp=True)
     correction = args.frozen_correction == "on"

@@ -1,17 +1,63 @@
 """Options and sizes of the models that ``tncn compare`` and ``tncn continual`` run side by side.
 
-``plan`` gives every model its options: its learner's defaults < the sizing (``match="params"``:
-P-TNCN's depth and the one width whose parameter count is closest to P-TNCN's, see
-``tncn.temporal.bptt.width_for_params``; ``match="hidden"``: P-TNCN's widths) and ``bptt`` <
-``--set MODEL:KEY=VALUE`` items (``parse_sets``; VALUE read as JSON when it parses).
+``plan`` gives every model its options: its learner's declared defaults < the sizing < ``bptt``
+(for the learners that declare it) < ``--set MODEL:KEY=VALUE`` items (``parse_sets``; VALUE read
+as JSON when it parses, then by the option's declaration). Sizing: the first model of
+``--models`` gets the ``--hidden`` widths; with ``match="params"`` every other one gets the
+first's depth (or its own declared ``depth``) and the one width whose weight count is closest to
+the first model's (``SequenceLearner.width_for_params``); with ``match="hidden"`` the same widths.
 """
 from __future__ import annotations
 
 import json
 
 from tncn.errors import UserError
-from tncn.train import build_learner, learner_module
+from tncn.options import INT, STR, WIDTHS, Option, OptionError, either, find, positive
+from tncn.temporal import build_learner, learner_class
 
+
+def _flags(models: str) -> tuple:
+    return (
+        Option("models", STR, models, "comma-separated learners; the first is sized by --hidden"),
+        Option("hidden", WIDTHS, [256, 256], "the first model's widths, e.g. 1000,1000"),
+        Option("match", STR, "params", "size the other models to the first one's weight count (params) or give "
+                                       "them its widths (hidden)", choices=("params", "hidden")),
+        Option("bptt", either("full", INT), None, "full or K: the BPTT window of the models that have one",
+               check=lambda v: None if v in (None, "full") else positive(v)),
+    )
+
+
+def add_flags(group, models: str) -> None:
+    """The side-by-side flags (``--models`` defaulting to ``models``, ``--hidden``, ``--match``,
+    ``--bptt``, ``--set``) on an argparse group."""
+    from tncn.commands import flags
+
+    flags.add(group, _flags(models))
+    group.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                       help="an option of one model, e.g. lstm:lr=0.002 or ptncn:optimizer=adam (repeatable)")
+    group.set_defaults(side_by_side=models)
+
+
+def _given(args) -> dict:
+    from tncn.commands import flags
+
+    return flags.values(args, _flags(args.side_by_side))
+
+
+def match(args) -> str:
+    return _given(args)["match"]
+
+
+def models_and_sets(args) -> tuple[list, dict]:
+    """The ``--models`` and their ``--set`` options."""
+    models = model_list(_given(args)["models"])
+    return models, parse_sets(args.set, models)
+
+
+def plan_for(args, models: list, sets: dict, size: int, seed: int, frames: bool) -> tuple[dict, int]:
+    """``plan`` with the command line's ``--hidden``, ``--match`` and ``--bptt``."""
+    o = _given(args)
+    return plan(models, size, o["hidden"], o["match"], o["bptt"], sets, seed, frames)
 
 
 def model_list(text: str) -> list[str]:
@@ -20,29 +66,21 @@ def model_list(text: str) -> list[str]:
     if not models or len(set(models)) != len(models):
         raise UserError(f"--models takes distinct comma-separated names, got {text!r}")
     for m in models:
-        learner_module(m)
+        learner_class(m)
     return models
 
 
-def check_positive(args, names) -> None:
-    """Every option of ``names`` in the parsed ``args`` is positive, or a ``UserError`` naming it."""
-    for name in names:
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-
-
-def ints(text: str, what: str) -> list[int]:
+def widths(text: str, what: str = "--hidden") -> list[int]:
+    """Comma-separated positive integers (``--hidden``, ``--lengths``)."""
     try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"{what} takes comma-separated integers, got {text!r}") from None
-    if min(values) <= 0:
-        raise UserError(f"{what} must be positive, got {text}")
-    return values
+        return WIDTHS.read(text)
+    except ValueError as err:
+        raise UserError(f"{what}: {err}, got {text!r}") from None
 
 
 def parse_sets(items: list[str], models: list[str]) -> dict:
-    """``MODEL:KEY=VALUE`` items as {model: {key: value}}, each key checked against the learner."""
+    """``MODEL:KEY=VALUE`` items as {model: {key: value}}, each read and checked by the model's
+    declaration of KEY (an error names the model, the key and the allowed values)."""
     out = {m: {} for m in models}
     for item in items:
         model, _, rest = item.partition(":")
@@ -52,46 +90,41 @@ def parse_sets(items: list[str], models: list[str]) -> dict:
             raise UserError(f"--set takes MODEL:KEY=VALUE, got {item!r}")
         if model not in out:
             raise UserError(f"--set {item}: {model!r} is not one of --models ({', '.join(models)})")
-        if key not in learner_module(model).DEFAULTS:
-            raise UserError(f"--set {item}: {model} has no option {key!r}; its options: "
-                            f"{', '.join(learner_module(model).DEFAULTS)}")
+        cls = learner_class(model)
         try:
-            out[model][key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[model][key] = value
+            option = find(cls.OPTIONS, key, f"model {model}")
+            try:
+                raw = json.loads(value)
+            except json.JSONDecodeError:
+                raw = value
+            out[model][key] = option.read(raw)
+        except OptionError as err:
+            raise UserError(f"--set {item}: {err.render(f'{model}:{key}')}") from None
     return out
 
 
-def n_params(learner) -> int:
-    return sum(p.numel() for p in learner.model.parameters())
-
-
-def plan(models: list[str], vocab_size: int, hidden: list[int], match: str, bptt, sets: dict, seed: int = 0,
+def plan(models: list[str], size: int, hidden: list[int], match: str, bptt, sets: dict, seed: int = 0,
          frames: bool = False) -> tuple[dict, int]:
-    """Every model's options (checked by building it once) and P-TNCN's parameter count."""
-    from tncn.temporal.bptt import GATES, width_for_params
-
-    ptncn = build_learner("ptncn", {"hidden": hidden, **sets.get("ptncn", {})}, vocab_size, "cpu", seed, frames)
-    target = n_params(ptncn)
+    """Every model's complete options (checked by building it once) and the first model's weight count."""
+    first = models[0]
+    reference = build_learner(first, {"hidden": hidden, **sets.get(first, {})}, size, "cpu", seed, frames)
+    target = reference.n_weights()
+    takes_bptt = [m for m in models if "bptt" in learner_class(m).defaults()]
+    if bptt is not None and not takes_bptt:
+        raise UserError(f"--bptt applies to none of the models {', '.join(models)}")
     options = {}
     for kind in models:
-        defaults = learner_module(kind).DEFAULTS
-        opts = {"hidden": hidden} if kind == "ptncn" else {}
-        if kind != "ptncn" and bptt is not None:
-            if "bptt" not in defaults:
-                raise UserError(f"--bptt does not apply to model {kind}")
-            opts["bptt"] = bptt
+        cls = learner_class(kind)
+        opts = {"bptt": bptt} if bptt is not None and kind in takes_bptt else {}
         opts.update(sets.get(kind, {}))
         if "hidden" not in opts:
-            if match == "hidden":
+            if kind == first or match == "hidden":
                 opts["hidden"] = hidden
-            elif kind not in GATES:
-                raise UserError(f"--match params cannot size model {kind}; give it --set {kind}:hidden=[...]")
             else:
-                merged = {**defaults, **opts}
-                width = width_for_params(kind, vocab_size, len(hidden), target, merged["input"], merged["embed"])
-                opts["hidden"] = [width] * len(hidden)
-        opts = {**defaults, **opts}
-        build_learner(kind, opts, vocab_size, "cpu", seed, frames)  # a bad option fails here, before any run
+                layers = cls.depth or len(hidden)
+                width = cls.width_for_params(size, layers, target, cls.read_options(opts))
+                opts["hidden"] = [width] * layers
+        opts = cls.read_options(opts)
+        build_learner(kind, opts, size, "cpu", seed, frames)  # a bad option fails here, before any run
         options[kind] = opts
     return options, target

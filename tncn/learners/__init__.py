@@ -20,33 +20,23 @@ from tncn.learners.base import Learner
 from tncn.learners.dfa import DirectFeedbackAlignment
 from tncn.learners.fa import FeedbackAlignment
 from tncn.learners.lra_e import LRAE
+from tncn.options import read
 
-LEARNERS: dict[str, type] = {
-    "bp": Backprop,
-    "fa": FeedbackAlignment,
-    "dfa": DirectFeedbackAlignment,
-    "lra-e": LRAE,
-}
+LEARNERS: dict[str, type[Learner]] = {cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE)}
 
 
-def options(name: str) -> list[str]:
-    """The keyword options the rule ``name`` takes (besides the network)."""
-    params = inspect.signature(lookup(LEARNERS, name, "learning rule").__init__).parameters
-    return [p for p in params if p not in ("self", "net")]
+def takes_seed(name: str) -> bool:
+    """Whether the rule ``name`` draws random matrices (its constructor takes ``seed``)."""
+    return "seed" in inspect.signature(lookup(LEARNERS, name, "learning rule")).parameters
 
 
-def make(name: str, net, **opts) -> Learner:
-    """The learner ``name`` for ``net``; a ValueError lists the known rules or the rule's options."""
+def make(name: str, net, seed: int = 0, **opts) -> Learner:
+    """The learner ``name`` for ``net``, its declared options read and checked (an ``OptionError``
+    names the rule, the option and the allowed values); ``seed`` seeds its random matrices."""
     cls = lookup(LEARNERS, name, "learning rule")
-    allowed = options(name)
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"rule {name!r} takes no option {', '.join(map(repr, unknown))}; "
-            f"its options: {', '.join(allowed) if allowed else 'none'}"
-        )
-    return cls(net, **opts)
+    options = read(cls.OPTIONS, opts, f"rule {name}")
+    return cls(net, **options, **({"seed": seed} if takes_seed(name) else {}))
 
 
-__all__ = ["LEARNERS", "Learner", "make", "options", "backprop_grads",
+__all__ = ["LEARNERS", "Learner", "make", "takes_seed", "backprop_grads",
            "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE"]

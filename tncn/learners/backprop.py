@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tncn.learners.base import Learner, require_derivative
+from tncn.learners.base import Learner
 
 Tensor = torch.Tensor
 
@@ -30,10 +30,7 @@ class Backprop(Learner):
     """Exact gradients of the mean cross-entropy by autograd."""
 
     name = "bp"
-
-    def __init__(self, net):
-        require_derivative(net, self.name)
-        super().__init__(net)
+    needs_derivative = True
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """Write ∂L/∂θ into ``θ.grad`` for every parameter θ of the network; return L."""

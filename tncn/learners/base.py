@@ -8,7 +8,7 @@ for every rule: softmax with cross-entropy gives ∂L/∂a^L = (ŷ - y)/B.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -24,10 +24,21 @@ class Learner(nn.Module):
     ``parameters()`` holds the network's weights and any learned matrices of the rule (LRA-E's E),
     so ``optimizer = torch.optim.X(learner.parameters())`` trains all of them; fixed random
     feedback matrices are buffers (in ``state_dict``, moved by ``.to(device)``, never trained).
+
+    Declared on each rule's class: ``name`` (its key in ``tncn.learners.LEARNERS``), ``OPTIONS``
+    (its keyword options as ``tncn.options.Option``s, defaults read from its signature, from which
+    ``tncn classify --rule NAME`` builds its flags) and ``needs_derivative`` (it refuses
+    activations without f′). A rule whose constructor takes ``seed`` draws random matrices from it.
     """
+
+    name: ClassVar[str]
+    OPTIONS: ClassVar[tuple] = ()
+    needs_derivative: ClassVar[bool] = False
 
     def __init__(self, net):
         super().__init__()
+        if self.needs_derivative:
+            require_derivative(net, self.name)
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from tncn.learners.base import Learner, fixed_feedback, output_error, require_derivative, write_layer_grads
+from tncn.learners.base import Learner, fixed_feedback, output_error, write_layer_grads
+from tncn.options import FLOAT, argument, optional, positive
 
 Tensor = torch.Tensor
 
@@ -31,11 +32,15 @@ class FeedbackAlignment(Learner):
 
     name = "fa"
 
+    needs_derivative = True
+
     def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
-        require_derivative(net, self.name)
         super().__init__(net)
         self.feedback = fixed_feedback(net, [(layer.n_out, layer.n_in) for layer in net.layers[1:]],
                                        feedback_std, seed)
+
+    OPTIONS = (argument(__init__, "feedback_std", optional(FLOAT), "standard deviation of the fixed feedback "
+                        "matrices B (none: 1/sqrt(width))", check=positive),)
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from torch import nn
 
 from tncn.layers import Feedback
 from tncn.learners.base import Learner, output_error, write_layer_grads
+from tncn.options import BOOL, FLOAT, argument, optional, positive
 
 Tensor = torch.Tensor
 
@@ -66,6 +67,14 @@ class LRAE(Learner):
         self.discrepancy: Optional[Tensor] = None
         self._sampler: Optional[torch.Generator] = None
 
+    OPTIONS = (
+        argument(__init__, "beta", FLOAT, "β, how far targets move from activities"),
+        argument(__init__, "gamma", FLOAT, "γ, the error-weight update factor, ∂E = γ ∂Wᵀ"),
+        argument(__init__, "learn_e", BOOL, "learn the error weights E (off: keep their random draw)"),
+        argument(__init__, "e_std", optional(FLOAT), "standard deviation of the initial error weights E "
+                 "(none: 1/sqrt(width))", check=positive),
+    )
+
     def _generator(self, device: torch.device) -> Optional[torch.Generator]:
         """A generator for stochastic units, on the data's device (None for deterministic ones)."""
         act = self.net.act
@@ -96,6 +105,7 @@ class LRAE(Learner):
         write_layer_grads(self.net, h_s, errors)
         if self.learn_e:
             for E, layer in zip(self.E, self.net.layers[1:]):
-                E.weight.grad = self.gamma * layer.weight.grad.T
+                # contiguous: torch's fused optimizer kernels read a gradient in its parameter's layout
+                E.weight.grad = (self.gamma * layer.weight.grad.T).contiguous()
         self.discrepancy = sum((e * e).sum(1).mean() for e in errors[:-1]) if len(errors) > 1 else None
         return loss

@@ -22,8 +22,7 @@ the learner's loss): build the model with ``vocab`` = D and ``input="onehot"`` (
 same). Initial weights are drawn from a ``torch.Generator``
 (a seed fixes them): U(-1/√H, 1/√H) for the recurrent weights, biases (kernels; PyTorch's own
 default) and the output layer, N(0, 1) for the embedding; the Dense Elman's biases start at zero.
-``n_params`` counts parameters in closed form and ``width_for_params`` sizes a model to a
-parameter budget (``tncn compare --match params``).
+``n_params`` counts parameters in closed form (``tncn compare --match params`` sizes a model by it).
 """
 from __future__ import annotations
 
@@ -78,20 +77,6 @@ def n_params(kind: str, vocab: int, hidden: Sequence[int], input: str = "onehot"
         total += g * h * (n_in + h) + (h if kind == "elman" else 2 * g * h)
         n_in = h
     return total + hidden[-1] * vocab + vocab
-
-
-def width_for_params(kind: str, vocab: int, layers: int, target: int, input: str = "onehot",
-                     embed: Optional[int] = None) -> int:
-    """The width H whose ``layers``-layer model [H] * layers has the parameter count closest to ``target``."""
-    def count(h):
-        return n_params(kind, vocab, [h] * layers, input, embed)
-    lo, hi = 1, 1
-    while count(hi) < target:
-        hi *= 2
-    while lo < hi:  # smallest h with count(h) >= target
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
-    return lo - 1 if lo > 1 and target - count(lo - 1) <= count(lo) - target else lo
 
 
 class KernelLM(nn.Module):

@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from tncn.layers import get_activation, init_weight, lookup
+from tncn.layers import get_activation, grad_buffer, init_weight, lookup
 
 Tensor = torch.Tensor
 
@@ -409,7 +409,7 @@ class PTNCN(nn.Module):
 
     def _grad_out(self, name: str) -> Tensor:
         """The reused ``param.grad`` buffer of the parameter ``name`` (where eager updates go)."""
-        return _grad_buffer(getattr(self, name))
+        return grad_buffer(getattr(self, name))
 
     def _updates(self, z, e, eps, y_prev, x_prev, m_prev, eps_prev, out=None) -> dict:
         """Step 4: the clipped, batch-averaged updates {parameter name: tensor}.
@@ -527,9 +527,3 @@ class PTNCN(nn.Module):
         o = self.options()
         return ", ".join(f"{k}={v}" for k, v in o.items())
 
-
-def _grad_buffer(prm: Tensor) -> Tensor:
-    """prm.grad, allocated once and then reused (the optimizer reads it in place)."""
-    if prm.grad is None or prm.grad.shape != prm.shape:
-        prm.grad = torch.empty_like(prm)
-    return prm.grad

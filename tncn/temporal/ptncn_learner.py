@@ -1,4 +1,4 @@
-"""The P-TNCN as a sequence learner for ``tncn.train`` (the learner protocol is documented there).
+"""The P-TNCN as a sequence learner (the protocol: ``tncn.temporal.base``).
 
 Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; DESIGN.md §4):
 ``model.train_step(x_t, m_t)`` (predict x_t from t-1, correct the states with x_t, write the local
@@ -7,112 +7,96 @@ updates: ``step`` then ``local_updates`` in one call), score the prediction from
 reset). Evaluation runs ``model.step`` with every weight frozen, with the state correction
 (default) or without it (``update_states=False``). Nothing builds an autograd graph.
 
-Observations are token ids (``frames=False``: a softmax output over the vocabulary, scored in
-bits) or video frames (``frames=True``: flattened frames in [0, 1], a sigmoid output per pixel,
-scored by binary cross-entropy per frame; ``tncn.metrics``).
-
-Options (``DEFAULTS``): ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults
-are read from ``PTNCN`` itself (the reference behaviour), plus the optimizer (``optimizer``,
-``lr``, ``momentum``, ``weight_decay``; see ``tncn.train.make_optimizer``: momentum None is the
-optimizer's own default, 0.95 for nesterov) and ``compile`` (run each training step as one
-``torch.compile`` graph, ``PTNCN.compile_step``; same numbers up to float rounding). The quick
-default run of ``tncn train`` overrides some of them (see ``tncn.commands.train``).
+Options: ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults are read from
+``PTNCN`` itself (the reference behaviour), the optimizer (the reference: Nesterov SGD, lr 0.075,
+momentum 0.95) and ``compile`` (run each training step as one ``torch.compile`` graph,
+``PTNCN.compile_step``; the same numbers up to float rounding).
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from tncn.errors import UserError
-from tncn.metrics import Tally, score_frames, score_logits
-from tncn.temporal.ptncn import PTNCN
-from tncn.train import LazyOptimizer
+from tncn.layers import ACTIVATIONS, INITIALISERS
+from tncn.metrics import Tally
+from tncn.optim import optimizer_options
+from tncn.options import BOOL, FLOAT, INT, STR, Option, argument, at_least, non_negative, optional, positive
+from tncn.temporal.base import SequenceLearner, hidden_option
+from tncn.temporal.ptncn import E_RULES, PTNCN, W_ERRORS
 
-KIND = "ptncn"
-MODEL_KEYS = ("activation", "beta", "alpha", "gamma", "K", "e_rule", "hidden_prediction", "w_error",
-              "top_down", "sparsity", "clip", "max_norm", "init", "init_std", "e_init_std")
-_SIG = inspect.signature(PTNCN).parameters
-DEFAULTS = {"hidden": [1000, 1000], **{k: _SIG[k].default for k in MODEL_KEYS},
-            "optimizer": "nesterov", "lr": 0.075, "momentum": None, "weight_decay": 0.0, "compile": False}
+_NAMES = tuple(ACTIVATIONS)
 
 
-def build(options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False) -> "PTNCNLearner":
-    return PTNCNLearner(options, size, device, seed, frames)
+def _model_option(name: str, kind, help: str, **kw) -> Option:
+    """An option of the ``PTNCN`` constructor, with the constructor's default."""
+    return argument(PTNCN, name, kind, help, **kw)
 
 
-class PTNCNLearner:
-    """A ``PTNCN`` over token ids (``size``: the vocabulary) or frames (``size``: pixels per frame),
-    its optimizer and its carried training state."""
+MODEL_OPTIONS = (
+    _model_option("activation", STR, "state activation f", choices=_NAMES),
+    _model_option("beta", FLOAT, "β, the state-correction rate"),
+    _model_option("alpha", FLOAT, "α, weight of a layer's own error in its correction"),
+    _model_option("gamma", FLOAT, "γ, the error-weight learning factor"),
+    _model_option("K", INT, "error-correction iterations per step", check=at_least(1)),
+    _model_option("e_rule", STR, "rule of the error weights E: ΔE = γΔWᵀ, or the temporal rule", choices=E_RULES),
+    _model_option("hidden_prediction", STR, "activation on the predictions of hidden layers", choices=_NAMES),
+    _model_option("w_error", STR, "error driving the hidden prediction weights: ε = z − y, or e", choices=W_ERRORS),
+    _model_option("top_down", BOOL, "top-down weights U"),
+    _model_option("sparsity", FLOAT, "λ of the lateral sparsity penalty (0: off)", check=non_negative),
+    _model_option("clip", optional(FLOAT), "Frobenius-norm clip of each summed update", check=positive),
+    _model_option("max_norm", optional(FLOAT), "bound on every weight row's norm", check=positive),
+    _model_option("init", STR, "weight initialiser", choices=tuple(INITIALISERS)),
+    _model_option("init_std", FLOAT, "standard deviation of the initial weights", check=non_negative),
+    _model_option("e_init_std", FLOAT, "standard deviation of the initial error weights E", check=non_negative),
+)
 
-    kind = KIND
+
+class PTNCNLearner(SequenceLearner):
+    """A ``PTNCN`` over token ids or frames, its optimizer and its carried training state."""
+
+    name = "ptncn"
+    label = "P-TNCN"
     has_correction = True
+    OPTIONS = (hidden_option([1000, 1000], "widths of the latent layers, any L ≥ 1 (the reference: 1000,1000)"),
+               *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075),
+               Option("compile", BOOL, False, "run each training step as one torch.compile graph (compiling takes "
+                                              "up to a minute; the same numbers up to float rounding)", runtime=True))
 
-    def __init__(self, options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False):
-        self.options = dict(options)
-        self.frames = bool(frames)
-        self.metric = "bce" if self.frames else "bpc"
-        self._score = score_frames if self.frames else score_logits
-        hidden = [int(h) for h in options["hidden"]]
-        if not hidden or min(hidden) <= 0:
-            raise UserError(f"hidden widths must be positive, got {','.join(map(str, hidden)) or 'none'}")
-        self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(int(seed))
-        try:
-            self.model = PTNCN(size, hidden, tokens=not self.frames, generator=self.generator,
-                               **{k: options[k] for k in MODEL_KEYS}).to(self.device)
-            if options.get("compile"):
-                self.model.compile_step()
-        except ValueError as err:  # an impossible model option (K < 1, a bad clip, ...)
-            raise UserError(str(err)) from None
-        self._opt = LazyOptimizer(options, self.model.parameters)
-        self._mode = "train"
-        self._stash = None  # (carried training state, generator state) while evaluating or sampling
+    @classmethod
+    def n_params(cls, size: int, hidden: list, options: dict) -> int:
+        """M^l, V^l, W^l, E^l per layer and U^l below the top (DESIGN.md §4)."""
+        sizes = [size] + list(hidden)
+        total = 0
+        for l in range(1, len(sizes)):
+            total += 3 * sizes[l - 1] * sizes[l] + sizes[l] ** 2  # M, W, E; V
+            if options["top_down"] and l < len(hidden):
+                total += sizes[l + 1] * sizes[l]  # U
+        return total
 
-    # ------------------------------------------------------------------ modes and state
+    def build(self) -> PTNCN:
+        o = self.options
+        model = PTNCN(self.size, o["hidden"], tokens=not self.frames, generator=self.generator,
+                      **{opt.name: o[opt.name] for opt in MODEL_OPTIONS})
+        if o["compile"]:
+            model.compile_step()
+        return model
 
-    @property
-    def opt(self) -> torch.optim.Optimizer:
-        """The optimizer, built on first use (evaluation and sampling never need it)."""
-        return self._opt.get()
+    # ------------------------------------------------------------------ state
 
-    def _enter(self, mode: str) -> None:
-        """Switch between training and evaluation/sampling, keeping the training state aside."""
-        if mode == self._mode:
-            return
-        if self._mode == "train":
-            self._stash = (self.model.carry_state(), self.generator.get_state())
-        if mode == "train":
-            carry, gen = self._stash
-            self.model.load_carry_state(carry)
-            self.generator.set_state(gen)
-            self._stash = None
-        self._mode = mode
+    def carry_state(self):
+        return self.model.carry_state() or None
 
-    def state_dict(self) -> dict:
-        carry, gen = (self.model.carry_state(), self.generator.get_state()) if self._mode == "train" else self._stash
-        opt = self._opt.state_dict()
-        return {"model": self.model.state_dict(), "optimizer": opt, "carry": carry, "generator": gen}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.model.load_state_dict(d["model"])
-        self._opt.load_state_dict(d["optimizer"])
-        self._mode, self._stash = "train", None
-        self.model.load_carry_state(d["carry"])
-        self.generator.set_state(d["generator"])
+    def load_carry_state(self, state) -> None:
+        self.model.load_carry_state(state or {})
 
     # ------------------------------------------------------------------ segments
 
-    def _run(self, batch, learn: bool, correction: bool = True) -> Tally:
-        tokens = batch.tokens.to(self.device)
-        mask = batch.mask.to(self.device)
-        score = batch.score.to(self.device)
+    def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:
+        tokens, mask, score = self._on_device(batch)
         if batch.reset or self.model.batch_size is None:
             self.model.reset(tokens.shape[1])
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
-        scored_steps = batch.score.any(dim=1).tolist()
-        for t, scored in enumerate(scored_steps):
+        for t, scored in enumerate(batch.score.any(dim=1).tolist()):
             if learn:  # step and local updates in one call (one graph when compiled)
                 updated = self.model.train_step(tokens[t], mask[t])
             else:
@@ -126,42 +110,19 @@ class PTNCNLearner:
                 self.model.project_()
         return Tally(float(bits), batch.n_scored, int(hits))
 
-    @torch.no_grad()
-    def train_segment(self, batch) -> Tally:
-        self._enter("train")
-        return self._run(batch, learn=True)
+    def _next_logits(self, ids: torch.Tensor, start: bool) -> torch.Tensor:
+        if start:
+            self.model.reset(1)
+        for x in ids:
+            self.model.step(x.view(1))
+        self.model.hypothesize()
+        return self.model.last_logits[0]
 
-    @torch.no_grad()
-    def eval_segment(self, batch, correction: bool = True) -> Tally:
-        self._enter("eval")
-        return self._run(batch, learn=False, correction=correction)
-
-    @torch.no_grad()
-    def predict_frames(self, frames: torch.Tensor, correction: bool = True) -> torch.Tensor:
-        """The prediction x̂_t of each frame of one sequence ``frames`` [T, D], made before seeing it
-        ([T, D]; row 0, not scored as nothing precedes it, is NaN). Weights frozen."""
-        self._enter("eval")
+    def _predict_frames(self, frames: torch.Tensor, correction: bool) -> torch.Tensor:
         self.model.reset(1)
         out = torch.full(frames.shape, float("nan"))
-        for t, x in enumerate(frames.to(self.device)):
+        for t, x in enumerate(frames):
             x_hat = self.model.step(x.view(1, -1), update_states=correction)
             if t:
                 out[t] = x_hat[0].float().cpu()
-        return out
-
-    @torch.no_grad()
-    def sample(self, prime: torch.Tensor, length: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
-        self._enter("sample")
-        self.model.reset(1)
-        for x in prime.to(self.device):
-            self.model.step(x.view(1))
-        out = torch.zeros(length, dtype=torch.long)
-        for i in range(length):
-            self.model.hypothesize()
-            logits = self.model.last_logits[0].float().cpu()
-            if temperature == 0:
-                out[i] = logits.argmax()
-            else:
-                out[i] = torch.multinomial(torch.softmax(logits / temperature, dim=0), 1, generator=generator)[0]
-            self.model.step(out[i:i + 1].to(self.device))
         return out

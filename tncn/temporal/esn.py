@@ -1,0 +1,188 @@
+"""Echo state network: a fixed random reservoir and a readout trained online (Jaeger 2001).
+
+Jaeger, "The 'echo state' approach to analysing and training recurrent neural networks", GMD
+Report 148, 2001; leaky-integrator units: Jaeger, Lukoševičius, Popovici & Siewert, Neural
+Networks 20(3), 2007; stacked reservoirs: Gallicchio, Micheli & Pedrelli, Neurocomputing 268,
+2017. A baseline of the P-TNCN paper (Ororbia et al., IEEE TNNLS 2020).
+
+Per reservoir l = 1..L of width H_l (row vectors, batch B), with u^1_t = x_t (the one-hot of the
+id, so that u W_in^1 is a row of W_in^1, or the frame) and u^l_t = h^{l-1}_t:
+
+    h^l_t = (1 - a) h^l_{t-1} + a tanh(u^l_t W_in^l + h^l_{t-1} W^l)          (a: ``leak``)
+
+W_in^l [n_in, H_l] has entries uniform in [-s, s] (s: ``input_scaling``); W^l [H_l, H_l] has
+each entry nonzero with probability ``density``, uniform in [-1, 1], then scaled so that its
+spectral radius (largest eigenvalue modulus) is ``spectral_radius``. Both are fixed buffers,
+never trained. With a radius below 1 the reservoir has the echo-state property: two runs from
+different states, driven by the same input, converge. Padding (mask 0) leaves the state as it is.
+
+The readout predicts x_t from the states before it, r_{t-1} = [h^1_{t-1}, ..., h^L_{t-1}]:
+logits o_t = r_{t-1} W_out + b_out (``readout``, a ``tncn.layers.Dense``, zero at the start),
+softmax over the vocabulary for tokens, a sigmoid per pixel for frames. It is the only trained
+part, online: at every time step the gradient of that step's loss (the mean over its scored rows
+of the cross-entropy, or of the BCE summed over a frame's pixels),
+
+    ∂W_out = r_{t-1}ᵀ δ_t,  ∂b_out = Σ_rows δ_t,  δ_t = (ŷ_t − x_t) ⊙ s_t / n_t
+
+(s_t the score mask, n_t its count), is written into ``param.grad`` and the optimizer steps. No
+graph is unrolled; memory is flat in sequence length. (The classic least-squares readout fitted
+after the run minimises squared error, which gives no bits per symbol, and is not online.)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tncn.layers import Dense, grad_buffer, init_weight
+from tncn.metrics import Tally
+from tncn.optim import optimizer_options
+from tncn.options import FLOAT, Option, in_range, positive
+from tncn.temporal.base import SequenceLearner, hidden_option
+
+
+def scale_to_radius(w: torch.Tensor, radius: float) -> torch.Tensor:
+    """``w`` scaled so that its spectral radius is ``radius``."""
+    rho = float(torch.linalg.eigvals(w.double()).abs().max())
+    if rho == 0.0:
+        raise ValueError(f"a {w.shape[0]}-wide reservoir matrix drawn at this density has spectral radius 0; "
+                         "raise density")
+    return w * (radius / rho)
+
+
+class Reservoir(nn.Module):
+    """Stacked fixed reservoirs (buffers ``W_in{l}``, ``W{l}``) and the trained ``readout``."""
+
+    def __init__(self, n_in: int, n_out: int, hidden: list, leak: float, spectral_radius: float,
+                 input_scaling: float, density: float, tokens: bool, generator: torch.Generator):
+        super().__init__()
+        self.hidden, self.leak, self.tokens = list(hidden), float(leak), bool(tokens)
+        sizes = [n_in] + self.hidden
+        for l in range(1, len(sizes)):
+            # U(-s, s) has standard deviation s/√3
+            self.register_buffer(f"W_in{l}", init_weight((sizes[l - 1], sizes[l]), "uniform",
+                                                         input_scaling / 3 ** 0.5, generator))
+            keep = torch.rand(sizes[l], sizes[l], generator=generator) < density
+            w = init_weight((sizes[l], sizes[l]), "uniform", 1 / 3 ** 0.5, generator) * keep
+            self.register_buffer(f"W{l}", scale_to_radius(w, spectral_radius).float())
+        self.readout = Dense(sum(self.hidden), n_out, "identity", bias=True, init="zeros")
+
+    def zero_state(self, batch: int) -> list:
+        w = self.readout.weight
+        return [torch.zeros(batch, h, device=w.device, dtype=w.dtype) for h in self.hidden]
+
+    def step(self, h: list, x: torch.Tensor, m: torch.Tensor) -> list:
+        """The states after consuming x_t (ids [B] or frames [B, D]); rows with mask 0 keep theirs."""
+        keep = m.unsqueeze(1) > 0
+        u = None
+        out = []
+        for l, h_l in enumerate(h, start=1):
+            w_in = getattr(self, f"W_in{l}")
+            if l == 1:
+                drive = w_in.index_select(0, x) if self.tokens else x.to(w_in.dtype) @ w_in
+            else:
+                drive = u @ w_in
+            new = torch.tanh(torch.addmm(drive, h_l, getattr(self, f"W{l}")))
+            if self.leak != 1.0:
+                new = torch.lerp(h_l, new, self.leak)
+            u = torch.where(keep, new, h_l)
+            out.append(u)
+        return out
+
+    def logits(self, h: list) -> torch.Tensor:
+        """o = [h^1, ..., h^L] W_out + b_out."""
+        return self.readout.pre(torch.cat(h, dim=1) if len(h) > 1 else h[0])
+
+
+class ESN(SequenceLearner):
+    """An echo state network over token ids or frames, its readout's optimizer and its state."""
+
+    name = "esn"
+    label = "ESN"
+    depth = 1
+    OPTIONS = (
+        hidden_option([1000], "widths of the reservoirs (one: the classic ESN; more: stacked reservoirs)"),
+        Option("leak", FLOAT, 1.0, "leak rate a of the units (1: none)", check=in_range(0.0, 1.0)),
+        Option("spectral_radius", FLOAT, 0.9, "spectral radius of each reservoir matrix", check=positive),
+        Option("input_scaling", FLOAT, 1.0, "input weights are uniform in [-s, s]", check=positive),
+        Option("density", FLOAT, 0.1, "share of nonzero reservoir weights", check=in_range(0.0, 1.0)),
+        *optimizer_options("adam", 1e-3),
+    )
+
+    def __init__(self, *args, **kwargs):
+        self._h = None  # the carried reservoir states
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def n_params(cls, size: int, hidden: list, options: dict) -> int:
+        """W_in^l and W^l (fixed, counted as stored) and the readout W_out, b_out."""
+        sizes = [size] + list(hidden)
+        reservoirs = sum(sizes[l - 1] * sizes[l] + sizes[l] ** 2 for l in range(1, len(sizes)))
+        return reservoirs + sum(hidden) * size + size
+
+    @classmethod
+    def training_label(cls, options: dict) -> str:
+        return "online readout, fixed reservoir"
+
+    def build(self) -> Reservoir:
+        o = self.options
+        return Reservoir(self.size, self.size, o["hidden"], o["leak"], o["spectral_radius"], o["input_scaling"],
+                         o["density"], not self.frames, self.generator)
+
+    # ------------------------------------------------------------------ state
+
+    def carry_state(self):
+        return None if self._h is None else {"h": [t.clone() for t in self._h]}
+
+    def load_carry_state(self, state) -> None:
+        self._h = None if state is None else [t.to(self.device) for t in state["h"]]
+
+    # ------------------------------------------------------------------ segments
+
+    def _learn(self, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor, n: int) -> None:
+        """Write the readout's gradient of this step's mean loss into ``param.grad``; step."""
+        readout = self.model.readout
+        if self.frames:
+            delta = torch.sigmoid(logits) - x
+        else:
+            delta = torch.softmax(logits, dim=1)
+            delta[torch.arange(len(x), device=x.device), x] -= 1.0
+        delta *= score.unsqueeze(1) / n
+        features = torch.cat(self._h, dim=1) if len(self._h) > 1 else self._h[0]
+        torch.mm(features.T, delta, out=grad_buffer(readout.weight))
+        torch.sum(delta, 0, out=grad_buffer(readout.bias))
+        self.opt.step()
+
+    def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:
+        x, mask, score = self._on_device(batch)
+        if batch.reset or self._h is None:
+            self._h = self.model.zero_state(x.shape[1])
+        bits = torch.zeros((), device=self.device)
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
+        for t, n in enumerate(batch.score.sum(dim=1).tolist()):
+            if n:
+                logits = self.model.logits(self._h)
+                b, h = self._score(logits, x[t], score[t])
+                bits += b
+                hits += h
+                if learn:
+                    self._learn(logits, x[t], score[t].to(logits.dtype), n)
+            self._h = self.model.step(self._h, x[t], mask[t])
+        return Tally(float(bits), batch.n_scored, int(hits))
+
+    def _next_logits(self, ids: torch.Tensor, start: bool) -> torch.Tensor:
+        if start:
+            self._h = self.model.zero_state(1)
+        one = torch.ones(1, device=self.device)
+        for x in ids:
+            self._h = self.model.step(self._h, x.view(1), one)
+        return self.model.logits(self._h)[0]
+
+    def _predict_frames(self, frames: torch.Tensor, correction: bool) -> torch.Tensor:
+        h = self.model.zero_state(1)
+        one = torch.ones(1, device=self.device)
+        out = torch.full(frames.shape, float("nan"))
+        for t, x in enumerate(frames):
+            if t:
+                out[t] = torch.sigmoid(self.model.logits(h)[0]).float().cpu()
+            h = self.model.step(h, x.view(1, -1), one)
+        return out
