@@ -10,7 +10,9 @@ id, so that u W_in^1 is a row of W_in^1, or the frame) and u^l_t = h^{l-1}_t:
 
     h^l_t = (1 - a) h^l_{t-1} + a tanh(u^l_t W_in^l + h^l_{t-1} W^l)          (a: ``leak``)
 
-W_in^l [n_in, H_l] has entries uniform in [-s, s] (s: ``input_scaling``); W^l [H_l, H_l] has
+W_in^l [n_in, H_l] has entries uniform in [-r, r], with r = s for token ids (a one-hot input) and
+r = s/√n_in for dense inputs (frames, a lower reservoir's state), s the ``input_scaling``, so
+that s sets the size of the drive whatever the input's width; W^l [H_l, H_l] has
 each entry nonzero with probability ``density``, uniform in [-1, 1], then scaled so that its
 spectral radius (largest eigenvalue modulus) is ``spectral_radius``. Both are fixed buffers,
 never trained. With a radius below 1 the reservoir has the echo-state property: two runs from
@@ -58,9 +60,10 @@ class Reservoir(nn.Module):
         self.hidden, self.leak, self.tokens = list(hidden), float(leak), bool(tokens)
         sizes = [n_in] + self.hidden
         for l in range(1, len(sizes)):
-            # U(-s, s) has standard deviation s/√3
-            self.register_buffer(f"W_in{l}", init_weight((sizes[l - 1], sizes[l]), "uniform",
-                                                         input_scaling / 3 ** 0.5, generator))
+            # U(-r, r) has standard deviation r/√3; r = s for one-hot ids, s/√n_in for dense inputs
+            r = input_scaling / (1.0 if l == 1 and tokens else sizes[l - 1] ** 0.5)
+            self.register_buffer(f"W_in{l}", init_weight((sizes[l - 1], sizes[l]), "uniform", r / 3 ** 0.5,
+                                                         generator))
             keep = torch.rand(sizes[l], sizes[l], generator=generator) < density
             w = init_weight((sizes[l], sizes[l]), "uniform", 1 / 3 ** 0.5, generator) * keep
             self.register_buffer(f"W{l}", scale_to_radius(w, spectral_radius).float())
@@ -103,7 +106,7 @@ class ESN(SequenceLearner):
         hidden_option([1000], "widths of the reservoirs (one: the classic ESN; more: stacked reservoirs)"),
         Option("leak", FLOAT, 1.0, "leak rate a of the units (1: none)", check=in_range(0.0, 1.0)),
         Option("spectral_radius", FLOAT, 0.9, "spectral radius of each reservoir matrix", check=positive),
-        Option("input_scaling", FLOAT, 1.0, "input weights are uniform in [-s, s]", check=positive),
+        Option("input_scaling", FLOAT, 3.0, "s, the scale of the input weights (see tncn.temporal.esn)", check=positive),
         Option("density", FLOAT, 0.1, "share of nonzero reservoir weights", check=in_range(0.0, 1.0)),
         *optimizer_options("adam", 1e-3),
     )
