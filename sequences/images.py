@@ -8,8 +8,9 @@ Files may be gzip-compressed (recognised by their first bytes, whatever their na
 - ``read_idx(path)``: one IDX file as a numpy array.
 - ``load_glyphs(folder, split)``: the uint8 images [N, rows, cols] and labels [N] of a folder of
   ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` files (also used to draw bouncing digits).
-- ``load(spec, ...)``: a named set (``mnist``, ``fashion-mnist``, ``notmnist`` under the data
-  root), a folder path, or ``hf:NAME`` (Hugging Face ``datasets``; needs the network or a cache),
+- ``load(spec, ...)``: a named set (``mnist``, ``fashion-mnist``, ``notmnist`` in their folders
+  under the data root, ``data_root``), a folder path, or ``hf:NAME`` (Hugging Face ``datasets``;
+  needs the network or a cache),
   as ``ImageData`` with a seeded train/validation split and pixels scaled to [0, 1]
   (``ImageData.centered()`` subtracts the mean training image).
 """
@@ -26,11 +27,29 @@ import torch
 
 from sequences.errors import DataError
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-"""../shared/data beside the repository, where these machines keep MNIST, Fashion-MNIST, notMNIST."""
-
+ROOT_VARIABLE = "TNCN_DATA"
 NAMED = {"mnist": "mnist", "fashion-mnist": "fashion_mnist", "notmnist": "notmnist"}
 """Data set names and their folders under the data root."""
+HUB = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
+"""The Hugging Face hub copies of the named sets (``hf:NAME``), where one exists."""
+SPLIT_FILES = {"train": "train", "test": "t10k"}
+
+
+def data_root(root=None) -> Path:
+    """The folder that holds the named image sets: ``root`` when given, else the environment
+    variable ``TNCN_DATA``, else ``~/.cache/tncn``."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(os.environ.get(ROOT_VARIABLE) or Path.home() / ".cache" / "tncn").expanduser()
+
+
+def missing(name: str, folder: Path, hub: Optional[str] = None) -> DataError:
+    """The error for the named set ``name`` whose folder is absent: which files to put where (and
+    the ``hf:`` source ``hub``, where one exists)."""
+    files = ", ".join(f"{SPLIT_FILES[s]}-{k}-ubyte[.gz]" for s in ("train", "test") for k in ("images-idx3", "labels-idx1"))
+    offer = f"; with a network, the data hf:{hub} loads it from the Hugging Face hub" if hub else ""
+    return DataError(f"{name} is expected in {folder}, which does not exist: put the IDX files {files} there, "
+                     f"or point the data root elsewhere (the data_root option, or ${ROOT_VARIABLE}){offer}")
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -197,7 +216,7 @@ def from_hf(dataset, name: str, valid: int = 5000, seed: int = 0, limit: Optiona
 def load(spec: str, root=None, valid: int = 5000, seed: int = 0, limit: Optional[int] = None) -> ImageData:
     """Images by name (``mnist``, ``fashion-mnist``, ``notmnist``), folder path or ``hf:NAME``.
 
-    Names resolve to folders under ``root`` (default ``DEFAULT_ROOT``, ../shared/data).
+    Names resolve to folders under the data root (``data_root(root)``).
     """
     if spec.startswith("hf:"):
         hub_name = spec[3:]
@@ -212,13 +231,9 @@ def load(spec: str, root=None, valid: int = 5000, seed: int = 0, limit: Optional
             raise DataError(f"cannot load Hugging Face dataset {hub_name!r}{hint}: {first}") from None
         return from_hf(dataset, hub_name, valid, seed, limit)
     if spec in NAMED:
-        base = Path(root) if root is not None else DEFAULT_ROOT
-        folder = base / NAMED[spec]
+        folder = data_root(root) / NAMED[spec]
         if not folder.is_dir():
-            raise DataError(
-                f"data set {spec!r} is expected in {folder}, which does not exist; "
-                f"give --data-root (a folder holding {NAMED[spec]}/) or --data PATH"
-            )
+            raise missing(spec, folder, HUB.get(spec))
         return load_folder(folder, valid, seed, limit, name=spec)
     path = Path(spec)
     if path.is_dir():

@@ -17,7 +17,8 @@ glyphs combine by the pixelwise maximum; pixel values are the uint8 glyph values
 Data forms (``load``):
 
 - ``bouncing-mnist``, ``bouncing-fashion``, ``bouncing-notmnist``: the MNIST, Fashion-MNIST and
-  notMNIST IDX folders under the data root (``sequences.images.DEFAULT_ROOT``, ../shared/data);
+  notMNIST IDX folders under the data root (``sequences.images.data_root``: the ``root`` given,
+  else ``$TNCN_DATA``, else ``~/.cache/tncn``);
 - ``bouncing:PATH``: any folder of MNIST-format IDX files (see ``sequences.images``);
 - ``bouncing-glyphs``: the digits 0-9 rendered offline from matplotlib's bundled fonts
   (``render_glyphs``; no data file).
@@ -152,18 +153,17 @@ def _folder(spec: str, root) -> Path:
         return folder
     if spec not in NAMED:
         raise DataError(f"unknown video data {spec!r}: give {FORMS}")
-    folder = (Path(root) if root is not None else images.DEFAULT_ROOT) / NAMED[spec]
+    folder = images.data_root(root) / NAMED[spec]
     if not folder.is_dir():
-        raise DataError(f"video data {spec!r} is expected in {folder}, which does not exist; "
-                        f"give bouncing:PATH with the folder of its IDX files instead")
+        raise images.missing(spec, folder)
     return folder
 
 
 def glyph_splits(spec: str, root=None) -> dict[str, np.ndarray]:
     """uint8 glyph arrays [N, rows, cols] for train, valid and test, pairwise disjoint.
 
-    See the module docstring for the rule. ``root``: the data root for named sets (default
-    ``sequences.images.DEFAULT_ROOT``). The arrays are cached and read-only.
+    See the module docstring for the rule. ``root``: the data root for named sets
+    (``sequences.images.data_root``). The arrays are cached and read-only.
     """
     if spec == "bouncing-glyphs":
         return dict(_rendered_splits())

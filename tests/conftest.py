@@ -35,6 +35,16 @@ def keep_threads():
     torch.set_num_threads(n)
 
 
+def drawn_png(path) -> tuple[int, int]:
+    """(width, height) of the PNG at ``path``, after checking that it decodes and is not blank."""
+    from matplotlib import image
+
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = image.imread(path)
+    assert pixels.ndim == 3 and pixels[..., :3].std() > 0.01, f"{path} is blank"
+    return pixels.shape[1], pixels.shape[0]
+
+
 @pytest.fixture
 def in_process(monkeypatch):
     """Run ``tncn.isolate`` tasks (a compare run of one model, a memory pass) in this process:

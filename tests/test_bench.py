@@ -45,6 +45,12 @@ def test_bench_command_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, "-m", "tncn", "bench", "--quick", "--repeats", "1", "--json", str(out)], check=True)
     result = json.loads(out.read_text())
-    assert result["matmul_gflops"] > 0
-    for row in result["rows"]:
-        assert {"tokens_per_s", "fraction_of_matmul_peak", "peak_memory_mb"} <= set(row)
+    ptncn = [r for r in result["rows"] if r["config"].startswith("P-TNCN") and r["tokens_per_s"]]
+    memory = [r for r in result["rows"] if r["config"].startswith("memory")]
+    assert len(ptncn) == 2 and len(memory) == 4  # --quick: H = 256 eager and compiled; T = 100, 1000
+    flops = bench.ptncn_flops_per_token(tncn.PTNCN(49, [256, 256]))
+    for r in ptncn:  # the derived columns are what the measured rates give
+        assert r["useful_gflops"] == pytest.approx(r["tokens_per_s"] * flops / 1e9)
+        assert r["fraction_of_matmul_peak"] == pytest.approx(r["useful_gflops"] / result["matmul_gflops"])
+        assert r["fraction_of_bound"] == pytest.approx(r["tokens_per_s"] / r["bound_tokens_per_s"])
+    assert all(r["peak_memory_mb"] > 50 for r in memory)  # a process with torch loaded

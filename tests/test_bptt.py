@@ -327,9 +327,16 @@ def test_alignment_table_rows():
     assert set(rows) == {"truncated BPTT, k = 1", "truncated BPTT, k = 10", "fa, transpose feedback",
                          "fa, random feedback", "dfa, random feedback", "ptncn, transpose feedback",
                          "ptncn, random feedback"}
+    ref = bptt_gradient(model, ids, score)
     for r in rows.values():
         assert r["head.weight"] == pytest.approx(0.0, abs=1e-3)  # the output layer's update is exact
-        assert all(0.0 <= v <= 180.0 for k, v in r.items() if k != "update")
+    for rule, feedback in (("fa", "random"), ("dfa", "random"), ("ptncn", "transpose")):
+        upd = local_update(model, ids, score, rule, feedback, 0.1, torch.Generator().manual_seed(0))
+        row = rows[f"{rule}, {feedback} feedback"]
+        for name in ref:  # the table's angle is the angle of these two updates, by the dot product
+            u, v = upd[name].flatten().double(), ref[name].flatten().double()
+            expected = math.degrees(math.acos(float(u @ v / u.norm() / v.norm())))
+            assert row[name] == pytest.approx(expected, abs=1e-6)
     for k, v in rows["truncated BPTT, k = 1"].items():
         if k != "update":
             assert rows["fa, transpose feedback"][k] == pytest.approx(v, abs=1e-4)

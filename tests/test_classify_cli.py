@@ -37,13 +37,22 @@ def classify(tiny, *extra):
 def test_one_epoch_end_to_end_json(tiny, tmp_path, rule):
     out = tmp_path / "r.json"
     assert classify(tiny, "--rule", rule, "--epochs", "1", "--angles", "3", "--json", str(out),
-                    "--filters", str(tmp_path / "f.png")) == 0
+                    "--filters", str(tmp_path / "f.png"), "--out", str(tmp_path / "run")) == 0
     r = json.loads(out.read_text())
     for key in ("rule", "hidden", "activation", "epochs", "test_error", "valid_error", "train_seconds", "curve"):
         assert key in r
     assert r["rule"] == rule and r["hidden"] == [12, 12] and r["activation"] == "tanh" and r["epochs"] == 1
     assert r["sizes"] == {"train": 200, "valid": 40, "test": 60}
-    assert 0.0 <= r["test_error"] <= 1.0 and r["train_seconds"] > 0
+    assert r["train_seconds"] == pytest.approx(sum(p["seconds"] for p in r["curve"]))
+    # the test error of the saved weights, by a forward pass written here on the t10k file
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    images = np.frombuffer((tiny / "t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8).reshape(60, 36) / 255.0
+    labels = np.frombuffer((tiny / "t10k-labels-idx1-ubyte").read_bytes()[8:], np.uint8)
+    h = images
+    for layer in range(3):
+        h = h @ state[f"net.layers.{layer}.weight"].double().numpy() + state[f"net.layers.{layer}.bias"].double().numpy()
+        h = np.tanh(h) if layer < 2 else h
+    assert r["test_error"] == pytest.approx(float(np.mean(h.argmax(1) != labels)))
     (point,) = r["curve"]
     assert point["epoch"] == 1 and len(point["angles"]) == 3
     assert point["angles"][-1] == pytest.approx(0.0, abs=1e-2)   # every rule's output update is exact

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from conftest import drawn_png
 from tncn import continual
 
 R = [[2.0, 3.0, 3.5],
@@ -96,7 +97,8 @@ def test_plots_write_png(tmp_path, models):
     continual.plot_matrix(out, matrices, NAMES, "bits per character")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     continual.plot_matrix(tmp_path / "acc.png", matrices, NAMES, "accuracy", higher_is_better=True)
-    assert (tmp_path / "acc.png").stat().st_size > 1000
+    side = max(3.0, 0.9 * len(NAMES) + 1.8)  # the figure plot_matrix sizes, at 100 dpi
+    assert drawn_png(tmp_path / "acc.png") == (round(100 * (side * models + 1.2)), round(100 * side))
     curves = dict(list({"P-TNCN": _curves(), "LSTM": _curves(1.1)}.items())[:models])
     out = tmp_path / "curves.png"
     continual.plot_curves(out, curves, NAMES, "bits per character")

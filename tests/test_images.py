@@ -104,10 +104,34 @@ def test_load_glyphs_prefers_train_and_checks_shapes(tmp_path):
 def test_bad_specs_are_user_errors(tmp_path):
     with pytest.raises(DataError, match="unknown data"):
         images.load("no-such-thing")
-    with pytest.raises(DataError, match="does not exist"):
-        images.load("mnist", root=tmp_path)
     with pytest.raises(DataError, match="holds no IDX image set"):
         images.load(str(tmp_path))
+
+
+def test_the_data_root_and_what_a_missing_set_says(tmp_path, monkeypatch):
+    """The root given, else $TNCN_DATA, else ~/.cache/tncn; a missing set names its files and,
+    where the hub has a copy, the hf: source."""
+    monkeypatch.delenv("TNCN_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert images.data_root() == tmp_path / "home" / ".cache" / "tncn"
+    monkeypatch.setenv("TNCN_DATA", str(tmp_path / "env"))
+    assert images.data_root() == tmp_path / "env"
+    assert images.data_root(tmp_path / "given") == tmp_path / "given"
+    with pytest.raises(DataError) as err:
+        images.load("fashion-mnist")
+    message = str(err.value)
+    assert f"{tmp_path / 'env' / 'fashion_mnist'}, which does not exist" in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        assert name in message
+    assert "hf:zalando-datasets/fashion_mnist" in message and "$TNCN_DATA" in message
+    with pytest.raises(DataError, match="notmnist is expected in") as err:
+        images.load("notmnist", root=tmp_path)
+    assert "hf:" not in str(err.value)  # the hub has no copy to offer
+    (tmp_path / "env" / "mnist").mkdir(parents=True)
+    write_idx(tmp_path / "env" / "mnist" / "t10k-images-idx3-ubyte", np.zeros((50, 4, 4), np.uint8))
+    write_idx(tmp_path / "env" / "mnist" / "t10k-labels-idx1-ubyte", np.arange(50, dtype=np.uint8) % 3)
+    assert images.load("mnist", valid=5).sizes() == {"train": 40, "valid": 5, "test": 5}
 
 
 def test_hf_offline_is_a_clear_user_error(monkeypatch):

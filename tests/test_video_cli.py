@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import drawn_png
 from sequences import video
 from test_images import write_idx
 from tncn import continual, runs
@@ -78,8 +79,10 @@ def test_train_writes_a_video_run(trained, capsys):
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all("valid_bce" in r and "train_bce" in r and "valid_bpc" not in r for r in records)
-    for name in ("frames.png", "curves.png", "checkpoint.pt"):
-        assert (trained / name).stat().st_size > 0
+    drawn_png(trained / "frames.png")
+    assert drawn_png(trained / "curves.png") == (1000, 400)
+    saved = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert saved["progress"]["step"] == 6 and saved["config"] == config
 
 
 def test_video_resume_equals_an_uninterrupted_run(tmp_path):
@@ -109,7 +112,7 @@ def test_eval_zero_shot_with_and_without_correction(trained, blobs, tmp_path):
         assert main(["eval", "--checkpoint", str(trained), "--data", f"bouncing:{blobs}", "--frozen-correction", mode,
                      "--json", str(path), "--frames-png", str(tmp_path / f"{mode}.png")]) == 0
         out[mode] = json.loads(path.read_text())
-        assert (tmp_path / f"{mode}.png").stat().st_size > 0
+        drawn_png(tmp_path / f"{mode}.png")
     on, off = out["on"], out["off"]
     assert on["weights_unchanged"] and off["weights_unchanged"]
     assert on["correction"] is True and off["correction"] is False
@@ -182,8 +185,9 @@ def test_continual_stream_matrix(tmp_path, blobs, capsys):
         assert len(curve["tokens"]) == 1 + 2 * 2 and curve["boundaries"] == [curve["tokens"][2], curve["tokens"][4]]
         assert [curve["scores"][n][2] for n in names] == R[0] and [curve["scores"][n][4] for n in names] == R[1]
         assert all(e["tokens"] >= 96 for e in m["experiences"])
-    for name in ("matrix.png", "curves.png", "table.md"):
-        assert (out / name).stat().st_size > 0
+    drawn_png(out / "matrix.png")
+    drawn_png(out / "curves.png")
+    assert "### ptncn" in (out / "table.md").read_text()
 
     # replay the first experience of P-TNCN by hand: the same learner, batches and stop rule
     opts = result["models"]["ptncn"]["options"]
