@@ -273,7 +273,7 @@ def test_bad_bptt_is_an_option_error(value):
     ("lstm", {"clip_grad": -1.0}, "clip_grad must be non-negative"),
     ("lstm", {"input": "bogus"}, "input must be one of onehot, embedding"),
     ("gru", {"embed": 16}, "embedding input only"),
-    ("rnn", {"hidden": [4, 0]}, "widths must be positive"),
+    ("rnn", {"hidden": [4, 0]}, "hidden: expected positive whole numbers"),
     ("elman", {"activation": "sign"}, "activation must be one of tanh"),
     ("lstm", {"activation": "relu"}, "model lstm has no option 'activation'"),
     ("rnn", {"optimizer": "lbfgs"}, "optimizer must be one of sgd"),

@@ -129,70 +129,69 @@ def test_match_params_reproduces_the_built_models_weight_count(name, frames):
 
 # --------------------------------------------------------------------------- behaviour
 
-@pytest.mark.parametrize("name, frames", CASES)
-def test_resumed_run_equals_an_uninterrupted_one(name, frames):
+def _pause_changes_nothing(name, frames, pause):
+    """Training with ``pause(learner) -> learner`` between the second and third batch ends exactly
+    as the uninterrupted run: the same scores, then the same weights."""
     batches = _batches(frames)
     whole = _learner(name, frames)
     expected = _tallies(whole, batches)
-
-    first = _learner(name, frames)
-    got = _tallies(first, batches[:2])
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
-    buf.seek(0)
-    second = _learner(name, frames, seed=99)  # the state, not the seed, must carry the run
-    second.load_state_dict(torch.load(buf, weights_only=True))
-    got += _tallies(second, batches[2:])
+    paused = _learner(name, frames)
+    got = _tallies(paused, batches[:2])
+    paused = pause(paused)
+    got += _tallies(paused, batches[2:])
     assert got == expected
-    assert _same_weights(_weights(second), _weights(whole))
+    assert _same_weights(_weights(paused), _weights(whole))
+
+
+@pytest.mark.parametrize("name, frames", CASES)
+def test_resumed_run_equals_an_uninterrupted_one(name, frames):
+    def resume(first):
+        buf = io.BytesIO()
+        torch.save(first.state_dict(), buf)
+        buf.seek(0)
+        second = _learner(name, frames, seed=99)  # the state, not the seed, must carry the run
+        second.load_state_dict(torch.load(buf, weights_only=True))
+        return second
+    _pause_changes_nothing(name, frames, resume)
 
 
 @pytest.mark.parametrize("name, frames", CASES)
 def test_validation_in_the_middle_changes_nothing_that_training_does(name, frames):
-    batches = _batches(frames)
-    whole = _learner(name, frames)
-    expected = _tallies(whole, batches)
-    paused = _learner(name, frames)
-    got = _tallies(paused, batches[:2])
-    before = _weights(paused)
-    scores = [paused.eval_segment(_eval_batch(frames)) for _ in range(2)]
-    assert _same_weights(before, _weights(paused))  # evaluation never learns
-    assert scores[0] == scores[1] and scores[0].scored == 10
-    if paused.has_correction:
-        paused.eval_segment(_eval_batch(frames), correction=False)
-    else:
-        with pytest.raises(UserError, match="no state-correction phase"):
-            paused.eval_segment(_eval_batch(frames), correction=False)
-    got += _tallies(paused, batches[2:])
-    assert got == expected
-    assert _same_weights(_weights(paused), _weights(whole))
+    def validate(learner):
+        before = _weights(learner)
+        scores = [learner.eval_segment(_eval_batch(frames)) for _ in range(2)]
+        assert _same_weights(before, _weights(learner))  # evaluation never learns
+        assert scores[0] == scores[1] and scores[0].scored == 10
+        if learner.has_correction:
+            learner.eval_segment(_eval_batch(frames), correction=False)
+        else:
+            with pytest.raises(UserError, match="no state-correction phase"):
+                learner.eval_segment(_eval_batch(frames), correction=False)
+        return learner
+    _pause_changes_nothing(name, frames, validate)
 
 
 @pytest.mark.parametrize("name, frames", CASES)
 def test_sample_or_predict_frames_is_deterministic_and_leaves_training_alone(name, frames):
-    batches = _batches(frames)
-    whole = _learner(name, frames)
-    expected = _tallies(whole, batches)
-    paused = _learner(name, frames)
-    got = _tallies(paused, batches[:2])
-    if frames:
-        clip = _x(6, 1, True, torch.Generator().manual_seed(4))[:, 0]
-        a, b = paused.predict_frames(clip), paused.predict_frames(clip)
-        assert a.shape == (6, D) and torch.isnan(a[0]).all() and torch.equal(a[1:], b[1:])
-        assert ((a[1:] > 0) & (a[1:] < 1)).all()
-        with pytest.raises(UserError, match="sampling draws symbols"):
-            paused.sample(torch.tensor([1]), 3, 1.0, torch.Generator())
-    else:
-        prime = torch.tensor([1, 2, 3])
-        a, b = (paused.sample(prime, 8, 1.0, torch.Generator().manual_seed(5)) for _ in range(2))
-        assert torch.equal(a, b) and a.shape == (8,) and a.dtype == torch.long and 0 <= int(a.min()) <= int(a.max()) < V
-        greedy = paused.sample(prime, 5, 0.0, torch.Generator())
-        assert torch.equal(greedy, paused.sample(prime, 5, 0.0, torch.Generator().manual_seed(1)))
-        with pytest.raises(UserError, match="predicts symbols, not frames"):
-            paused.predict_frames(torch.zeros(3, V))
-    got += _tallies(paused, batches[2:])
-    assert got == expected
-    assert _same_weights(_weights(paused), _weights(whole))
+    def generate(learner):
+        if frames:
+            clip = _x(6, 1, True, torch.Generator().manual_seed(4))[:, 0]
+            a, b = learner.predict_frames(clip), learner.predict_frames(clip)
+            assert a.shape == (6, D) and torch.isnan(a[0]).all() and torch.equal(a[1:], b[1:])
+            assert ((a[1:] > 0) & (a[1:] < 1)).all()
+            with pytest.raises(UserError, match="sampling draws symbols"):
+                learner.sample(torch.tensor([1]), 3, 1.0, torch.Generator())
+        else:
+            prime = torch.tensor([1, 2, 3])
+            a, b = (learner.sample(prime, 8, 1.0, torch.Generator().manual_seed(5)) for _ in range(2))
+            assert torch.equal(a, b) and a.shape == (8,) and a.dtype == torch.long
+            assert 0 <= int(a.min()) <= int(a.max()) < V
+            greedy = learner.sample(prime, 5, 0.0, torch.Generator())
+            assert torch.equal(greedy, learner.sample(prime, 5, 0.0, torch.Generator().manual_seed(1)))
+            with pytest.raises(UserError, match="predicts symbols, not frames"):
+                learner.predict_frames(torch.zeros(3, V))
+        return learner
+    _pause_changes_nothing(name, frames, generate)
 
 
 @pytest.mark.parametrize("name, frames", CASES)

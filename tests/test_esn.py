@@ -55,7 +55,7 @@ def test_padding_leaves_the_state_as_it_is():
 @pytest.mark.parametrize("frames", [False, True])
 def test_readout_update_equals_autograd_gradient_of_the_readout_loss(frames):
     """One scored step after a reset: the readout moves by -lr times autograd's gradient of the
-    step's mean loss over its scored rows, the reservoir not at all."""
+    step's loss (summed over its scored rows, divided by the batch size), the reservoir not at all."""
     size, B = 7, 5
     learner = _esn(size, frames, hidden=[30, 12], optimizer="sgd", lr=0.5)
     model = learner.model
@@ -74,9 +74,10 @@ def test_readout_update_equals_autograd_gradient_of_the_readout_loss(frames):
     w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
     logits = (features @ w + b)[score[1]]
     if frames:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, x[1][score[1]], reduction="none").sum(1).mean()
+        nats = torch.nn.functional.binary_cross_entropy_with_logits(logits, x[1][score[1]], reduction="none").sum(1)
     else:
-        loss = torch.nn.functional.cross_entropy(logits, x[1][score[1]])
+        nats = torch.nn.functional.cross_entropy(logits, x[1][score[1]], reduction="none")
+    loss = nats.sum() / B  # summed over the scored rows, divided by the batch size
     gw, gb = torch.autograd.grad(loss, (w, b))
 
     learner.train_segment(Batch(x, mask, score, reset=True))

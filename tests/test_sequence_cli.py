@@ -149,8 +149,8 @@ def test_bad_data_inputs(corpus, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--hidden", "0"], "--hidden: widths must be positive, got '0'"),
-    (["--hidden", "8,-1"], "--hidden: widths must be positive, got '8,-1'"),
+    (["--hidden", "0"], "--hidden: expected positive whole numbers, comma-separated .*, got '0'"),
+    (["--hidden", "8,-1"], "--hidden: expected positive whole numbers, comma-separated .*, got '8,-1'"),
     (["--batch-size", "1000"], "batch size 1000 is larger than the data"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--protocol", "lines", "--seq-len", "5"], "--seq-len applies to the stream protocol"),
@@ -251,3 +251,35 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
     assert records(tmp_path / "stopped") == records(whole)
     a, b = final_weights(whole), final_weights(tmp_path / "stopped")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- flags from declarations
+
+@pytest.mark.parametrize("name", ["ptncn", "lstm", "elman", "esn"])
+def test_model_help_lists_the_learners_declared_options(name, capsys):
+    from tncn.temporal import LEARNERS
+
+    assert main(["train", "--model", name, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    for o in LEARNERS[name].OPTIONS:
+        assert o.flag in out and " ".join(o.describe().split()) in out
+    others = {o.flag for cls in LEARNERS.values() for o in cls.OPTIONS} - {o.flag for o in LEARNERS[name].OPTIONS}
+    assert not any(f"{flag} " in out for flag in others)  # another learner's options are not offered
+
+
+def test_resume_applies_a_runtime_option(trained, tmp_path):
+    from tncn import runs
+    from tncn.commands.train import _resume_config
+    from tncn.temporal import learner_class
+
+    saved = runs.load(trained, runtime={"compile": True})
+    assert saved.learner.model._compiled is not None and saved.config["compile"] is False
+    config = _resume_config(saved.config, {"compile": True, "steps": 4}, trained, learner_class("ptncn"))
+    assert config["compile"] is True and config["steps"] == 4
+
+
+def test_the_data_package_stands_alone():
+    code = ("import sys, sequences.text, sequences.video, sequences.images, sequences.streams, sequences.batching; "
+            "print(sorted(m for m in sys.modules if m == 'tncn' or m.startswith('tncn.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

@@ -98,9 +98,9 @@ def _widths(v) -> list:
     try:
         widths = [_int(p) for p in parts]
     except ValueError:
-        raise ValueError("expected comma-separated widths such as 256,256") from None
+        widths = []
     if not widths or min(widths) <= 0:
-        raise ValueError("widths must be positive")
+        raise ValueError("expected positive whole numbers, comma-separated (such as 256,256)")
     return widths
 
 

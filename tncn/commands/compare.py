@@ -1,17 +1,20 @@
-"""``tncn compare``: P-TNCN against BPTT-trained RNN, GRU and LSTM on equal terms: one table, two plots.
+"""``tncn compare``: P-TNCN against the baselines (BPTT-trained RNN, GRU, LSTM; the ESN) on equal
+terms: one table, two plots.
 
-Each model trains in turn in a fresh Python process (none inherits another's allocator state, and
-its peak memory is its own) on the same data, split, protocol, batches and seed, for the same
-budget: ``--minutes`` of training time (time inside the learner's ``train_segment``; validation
-passes excluded) or ``--tokens`` real training symbols. The loop is ``tncn.train.fit``; its stop
-rule ends each leg of a run at one of ``--points`` evenly spaced marks of the budget, where the
-validation BPC is recorded (plus once before training); then the test split is scored.
+Each model trains in turn in a fresh Python process (``tncn.isolate``: none inherits another's
+allocator state, and its peak memory is its own) on the same data, split, protocol, batches and
+seed, for the same budget: ``--minutes`` of training time (time inside the learner's
+``train_segment``; validation passes excluded) or ``--tokens`` real training symbols. The loop is
+``tncn.train.fit_marks``: it stops at ``--points`` evenly spaced marks of the budget, where the
+validation score is recorded (plus once before training); then the test split is scored.
 
-Sizes: ``--hidden`` gives P-TNCN's widths; ``--match params`` gives every baseline P-TNCN's depth
-and the one width whose parameter count is closest to P-TNCN's (its E matrices count;
-``tncn.temporal.bptt.width_for_params``); ``--match hidden`` gives them P-TNCN's widths. A model's
-options: its learner's defaults (P-TNCN: the reference ones; baselines: Adam 1e-3, full BPTT, one-hot
-input) < the sizing and ``--bptt`` < ``--set MODEL:KEY=VALUE`` (VALUE read as JSON when it parses).
+Sizes (``tncn.commands.sizing``): ``--hidden`` gives the first model's widths (P-TNCN's by
+default); ``--match params`` gives every other model that depth (or its declared one) and the
+width whose weight count is closest to the first's (P-TNCN's E matrices and the ESN's fixed
+reservoir count); ``--match hidden`` gives them the same widths. A model's options: its
+learner's declared defaults (P-TNCN: the reference ones; BPTT baselines: Adam 1e-3, full BPTT,
+one-hot input) < the sizing and ``--bptt`` < ``--set MODEL:KEY=VALUE`` (VALUE read as JSON when
+it parses, then by the option's declaration).
 
 Video data (``--data bouncing-mnist`` ...; ``sequences.video``) works the same way, scored by
 the binary cross-entropy per frame (``bce``) in place of bits per symbol (``bpc``); frames count
@@ -27,8 +30,9 @@ rewritten after each model, so an interrupted run keeps the finished ones.
 
 ``--memory``: instead, the peak memory of one training pass over a single sequence of each length
 in ``--lengths`` (random ids of the data's vocabulary, ``--batch-size`` rows) for each model, the
-baselines with full BPTT unless ``--bptt`` says otherwise, each pass in a fresh process. Writes
-``DIR/memory.json`` and ``DIR/memory_vs_length.png`` and prints the table.
+baselines with full BPTT unless ``--bptt`` says otherwise, each pass in a fresh process
+(``tncn.bench.peak_memory_mb``, as ``tncn bench`` measures). Writes ``DIR/memory.json`` and
+``DIR/memory_vs_length.png`` and prints the table.
 """
 from __future__ import annotations
 
@@ -43,14 +47,16 @@ from tncn import bench, isolate, runs
 from tncn.commands import flags, sizing
 from tncn.errors import UserError
 from tncn.metrics import METRICS
-from tncn.options import INT, STR, Option, positive
+from tncn.options import INT, WIDTHS, Option, positive
 from tncn.temporal import build_learner, learner_class
 from tncn.train import Progress, evaluate, fit_marks
 
+MODELS = "ptncn,lstm,gru,rnn"
+"""The default ``--models``."""
 OWN = (
     Option("points", INT, 10, "validations along each run, besides the one before", check=positive),
     Option("valid_lines", INT, None, "score the curve on the first N lines of the validation split", check=positive),
-    Option("lengths", STR, "100,1000,10000", "--memory: sequence lengths"),
+    Option("lengths", WIDTHS, [100, 1000, 10000], "--memory: sequence lengths"),
 )
 
 
@@ -68,7 +74,7 @@ def register(sub, argv=None) -> None:
                  flags.parent("seed", "device", "threads", title="run"),
                  flags.outputs("output folder", required=True)])
     g = p.add_argument_group("models")
-    sizing.add_flags(g, "ptncn,lstm,gru,rnn")
+    sizing.add_flags(g, MODELS)
     flags.add(g, OWN)
     g.add_argument("--memory", action="store_true", help="measure peak memory against sequence length instead")
     p.set_defaults(func=run)
@@ -138,7 +144,8 @@ def run(args) -> int:
         raise UserError("give the budget of each model: --minutes M or --tokens N")
     if args.memory and budget:
         raise UserError("--memory measures one pass per length; drop --minutes/--tokens")
-    models, sets = sizing.models_and_sets(args)
+    side = sizing.read(args, MODELS)
+    models = side["models"]
     runs.resolve_device(o["device"])
     out = Path(args.out)
     flags.check_out(out, args.force)
@@ -151,17 +158,18 @@ def run(args) -> int:
     corpus = runs.open_data(data, dict(level="frames" if frames else o["level"], data_root=o["data_root"], **shape))
     protocol = "sequences" if frames else o["protocol"]
     vocab = corpus.vocabulary(protocol)
-    options, target = sizing.plan_for(args, models, sets, len(vocab), o["seed"], frames)
+    options, target = sizing.plan(models, len(vocab), side["hidden"], side["match"], side["bptt"], side["sets"],
+                                  o["seed"], frames)
     common = dict(data=data, data_root=o["data_root"], level=corpus.level, protocol=protocol,
                   batch_size=o["batch_size"], seq_len=o["seq_len"] if protocol == "stream" else None, seed=o["seed"],
                   threads=o["threads"], device=o["device"], **shape)
     if args.memory:
-        return _run_memory(out, models, options, len(vocab), common, sizing.widths(own["lengths"], "--lengths"))
+        return _run_memory(out, models, options, len(vocab), common, own["lengths"])
     for split in ("train", "valid", "test"):  # a batch size the data cannot fill fails here, in one line
         corpus.batches(split, vocab, protocol, o["batch_size"], common["seq_len"], o["seed"], clamp=split != "train")
 
     out.mkdir(parents=True, exist_ok=True)
-    result = dict(**common, torch=torch.__version__, budget=budget, match=sizing.match(args),
+    result = dict(**common, torch=torch.__version__, budget=budget, match=side["match"],
                   first_model=models[0], first_params=target, points=own["points"], valid_lines=own["valid_lines"],
                   vocab_size=len(vocab), metric="bce" if frames else "bpc",
                   baseline=corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts), models={})

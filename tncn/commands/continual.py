@@ -39,6 +39,8 @@ from tncn.options import INT, Option, positive
 from tncn.temporal import build_learner
 from tncn.train import evaluate, fit_marks
 
+MODELS = "ptncn,lstm"
+"""The default ``--models``."""
 POINTS = Option("points", INT, 4, "scorings along each experience (the last at its end)", check=positive)
 
 
@@ -59,7 +61,7 @@ def register(sub, argv=None) -> None:
                         "stdlib,PATH.txt) or a JSON stream file "
                         "[{\"data\": ..., \"name\": ..., \"minutes\"|\"tokens\": ...}]")
     g = p.add_argument_group("models")
-    sizing.add_flags(g, "ptncn,lstm")
+    sizing.add_flags(g, MODELS)
     flags.add(g, [POINTS])
     p.set_defaults(func=run)
 
@@ -148,7 +150,8 @@ def run(args) -> int:
     points = flags.values(args, [POINTS])["points"]
     budget = flags.given(args, [flags.FLAGS["minutes"], flags.FLAGS["tokens"]])
     experiences = streams.parse(args.stream, budget.get("minutes"), budget.get("tokens"))
-    models, sets = sizing.models_and_sets(args)
+    side = sizing.read(args, MODELS)
+    models = side["models"]
     device = runs.resolve_device(o["device"])
     out = Path(args.out)
     flags.check_out(out, args.force)
@@ -168,7 +171,8 @@ def run(args) -> int:
     for d in data:  # a batch size the data cannot fill fails here, in one line
         d.batches("train", *args_b, o["seed"])
         d.batches("test", *args_b, clamp=True)
-    options, target = sizing.plan_for(args, models, sets, len(vocab), o["seed"], frames)
+    options, target = sizing.plan(models, len(vocab), side["hidden"], side["match"], side["bptt"], side["sets"],
+                                  o["seed"], frames)
 
     out.mkdir(parents=True, exist_ok=True)
     names = [e.name for e in experiences]

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 
+from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.options import INT, STR, WIDTHS, Option, OptionError, either, find, positive
 from tncn.temporal import build_learner, learner_class
 
 
 def _flags(models: str) -> tuple:
+    """The side-by-side flags, ``--models`` defaulting to ``models``."""
     return (
         Option("models", STR, models, "comma-separated learners; the first is sized by --hidden"),
         Option("hidden", WIDTHS, [256, 256], "the first model's widths, e.g. 1000,1000"),
@@ -28,36 +30,20 @@ def _flags(models: str) -> tuple:
 
 
 def add_flags(group, models: str) -> None:
-    """The side-by-side flags (``--models`` defaulting to ``models``, ``--hidden``, ``--match``,
-    ``--bptt``, ``--set``) on an argparse group."""
-    from tncn.commands import flags
-
+    """``--models`` (default ``models``), ``--hidden``, ``--match``, ``--bptt`` and ``--set`` on an
+    argparse group; ``read(args, models)`` reads them."""
     flags.add(group, _flags(models))
     group.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
                        help="an option of one model, e.g. lstm:lr=0.002 or ptncn:optimizer=adam (repeatable)")
-    group.set_defaults(side_by_side=models)
 
 
-def _given(args) -> dict:
-    from tncn.commands import flags
-
-    return flags.values(args, _flags(args.side_by_side))
-
-
-def match(args) -> str:
-    return _given(args)["match"]
-
-
-def models_and_sets(args) -> tuple[list, dict]:
-    """The ``--models`` and their ``--set`` options."""
-    models = model_list(_given(args)["models"])
-    return models, parse_sets(args.set, models)
-
-
-def plan_for(args, models: list, sets: dict, size: int, seed: int, frames: bool) -> tuple[dict, int]:
-    """``plan`` with the command line's ``--hidden``, ``--match`` and ``--bptt``."""
-    o = _given(args)
-    return plan(models, size, o["hidden"], o["match"], o["bptt"], sets, seed, frames)
+def read(args, models: str) -> dict:
+    """The side-by-side flags: ``models`` (checked), ``sets`` (``parse_sets``), ``hidden``,
+    ``match`` and ``bptt`` (what ``plan`` takes)."""
+    o = flags.values(args, _flags(models))
+    o["models"] = model_list(o["models"])
+    o["sets"] = parse_sets(args.set, o["models"])
+    return o
 
 
 def model_list(text: str) -> list[str]:
@@ -68,14 +54,6 @@ def model_list(text: str) -> list[str]:
     for m in models:
         learner_class(m)
     return models
-
-
-def widths(text: str, what: str = "--hidden") -> list[int]:
-    """Comma-separated positive integers (``--hidden``, ``--lengths``)."""
-    try:
-        return WIDTHS.read(text)
-    except ValueError as err:
-        raise UserError(f"{what}: {err}, got {text!r}") from None
 
 
 def parse_sets(items: list[str], models: list[str]) -> dict:

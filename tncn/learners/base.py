@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tncn.layers import Feedback, differentiable_activations
+from tncn.options import FLOAT, Option, optional, positive
 
 Tensor = torch.Tensor
 
@@ -53,6 +54,11 @@ def require_derivative(net, rule: str) -> None:
             f"rule {rule!r} needs the derivative f' of the activation and {act.name!r} has none; "
             f"use lra-e, or one of {', '.join(a for a in differentiable_activations() if a != 'softmax')}"
         )
+
+
+FEEDBACK_STD = Option("feedback_std", optional(FLOAT), None, "standard deviation of the fixed feedback matrices B "
+                      "(none: 1/sqrt(width))", check=positive)
+"""The option of the rules that draw fixed feedback (FA, DFA); their constructors' default is None too."""
 
 
 def fixed_feedback(net, shapes: list[tuple[int, int]], std: Optional[float], seed: int) -> nn.ModuleList:

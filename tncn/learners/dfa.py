@@ -15,8 +15,7 @@ from typing import Optional
 
 import torch
 
-from tncn.learners.base import Learner, fixed_feedback, output_error, write_layer_grads
-from tncn.options import FLOAT, argument, optional, positive
+from tncn.learners.base import FEEDBACK_STD, Learner, fixed_feedback, output_error, write_layer_grads
 
 Tensor = torch.Tensor
 
@@ -31,17 +30,14 @@ class DirectFeedbackAlignment(Learner):
     """
 
     name = "dfa"
-
     needs_derivative = True
+    OPTIONS = (FEEDBACK_STD,)
 
     def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
         super().__init__(net)
         n_classes = net.layers[-1].n_out
         self.feedback = fixed_feedback(net, [(n_classes, layer.n_out) for layer in net.layers[:-1]],
                                        feedback_std, seed)
-
-    OPTIONS = (argument(__init__, "feedback_std", optional(FLOAT), "standard deviation of the fixed feedback "
-                        "matrices B (none: 1/sqrt(width))", check=positive),)
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:

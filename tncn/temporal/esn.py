@@ -21,13 +21,15 @@ different states, driven by the same input, converge. Padding (mask 0) leaves th
 The readout predicts x_t from the states before it, r_{t-1} = [h^1_{t-1}, ..., h^L_{t-1}]:
 logits o_t = r_{t-1} W_out + b_out (``readout``, a ``tncn.layers.Dense``, zero at the start),
 softmax over the vocabulary for tokens, a sigmoid per pixel for frames. It is the only trained
-part, online: at every time step the gradient of that step's loss (the mean over its scored rows
-of the cross-entropy, or of the BCE summed over a frame's pixels),
+part, online: at every time step the gradient of that step's loss (the cross-entropy, or the BCE
+summed over a frame's pixels, summed over the scored rows and divided by the batch size B),
 
-    ∂W_out = r_{t-1}ᵀ δ_t,  ∂b_out = Σ_rows δ_t,  δ_t = (ŷ_t − x_t) ⊙ s_t / n_t
+    ∂W_out = r_{t-1}ᵀ δ_t,  ∂b_out = Σ_rows δ_t,  δ_t = (ŷ_t − x_t) ⊙ s_t / B
 
-(s_t the score mask, n_t its count), is written into ``param.grad`` and the optimizer steps. No
-graph is unrolled; memory is flat in sequence length. (The classic least-squares readout fitted
+(s_t the score mask), is written into ``param.grad`` and the optimizer steps. Dividing by B, not
+by the scored count, as P-TNCN's updates are: at the end of a batch of sentences, where only a
+few rows are left, Adam would otherwise take full-sized steps on one or two sentences and throw
+the readout off (seen on PTB). No graph is unrolled; memory is flat in sequence length. (The classic least-squares readout fitted
 after the run minimises squared error, which gives no bits per symbol, and is not online.)
 """
 from __future__ import annotations
@@ -109,7 +111,7 @@ class ESN(SequenceLearner):
         Option("input_scaling", FLOAT, 3.0, "s, the scale of the input weights (see tncn.temporal.esn)", check=positive),
         Option("density", FLOAT, 0.1, "share of nonzero reservoir weights", check=in_range(0.0, 1.0)),
         # Adam moves each readout weight by about lr per step, so a logit by about lr times the
-        # summed state: wide reservoirs want a smaller lr (1e-3 was unstable at 2,430 units on PTB)
+        # summed state: wide reservoirs want a small lr (1e-3 was unstable at 2,430 units on PTB)
         *optimizer_options("adam", 3e-4),
     )
 
@@ -143,15 +145,15 @@ class ESN(SequenceLearner):
 
     # ------------------------------------------------------------------ segments
 
-    def _learn(self, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor, n: int) -> None:
-        """Write the readout's gradient of this step's mean loss into ``param.grad``; step."""
+    def _learn(self, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor) -> None:
+        """Write the readout's gradient of this step's loss into ``param.grad``; step."""
         readout = self.model.readout
         if self.frames:
             delta = torch.sigmoid(logits) - x
         else:
             delta = torch.softmax(logits, dim=1)
             delta[torch.arange(len(x), device=x.device), x] -= 1.0
-        delta *= score.unsqueeze(1) / n
+        delta *= score.unsqueeze(1) / len(x)
         features = torch.cat(self._h, dim=1) if len(self._h) > 1 else self._h[0]
         torch.mm(features.T, delta, out=grad_buffer(readout.weight))
         torch.sum(delta, 0, out=grad_buffer(readout.bias))
@@ -170,7 +172,7 @@ class ESN(SequenceLearner):
                 bits += b
                 hits += h
                 if learn:
-                    self._learn(logits, x[t], score[t].to(logits.dtype), n)
+                    self._learn(logits, x[t], score[t].to(logits.dtype))
             self._h = self.model.step(self._h, x[t], mask[t])
         return Tally(float(bits), batch.n_scored, int(hits))
 
