@@ -1,10 +1,13 @@
-"""Tokens per second of one P-TNCN training step: tncn.PTNCN against the naive step, side by side.
+"""Tokens per second of one P-TNCN training step: tncn.PTNCN against the naive step and against the
+``ptncn`` learner that ``tncn train`` and ``tncn compare`` run, side by side.
 
 A training step is: hypothesize, correct, local updates into param.grad, and the reference
 optimizer (SGD, Nesterov, lr 0.075, momentum 0.95). Random token ids (every token real, no
 padding), vocabulary 49, batch 50. The naive step (tncn.temporal.naive) forms one-hot inputs and
-every outer-product update in full before clipping it. Prints a markdown table; the median of
-``--repeats`` timings of ``--steps`` steps each, measured alternately in one run.
+every outer-product update in full before clipping it; the learner (``train_segment``) adds what
+a training run does around the step: moving a segment to the device and scoring every prediction
+(bits and hits). Prints a markdown table; the median of ``--repeats`` timings of ``--steps``
+steps each, measured alternately in one run.
 
     python scripts/bench_step.py                       # L = 2, H = 1000 and 256
     python scripts/bench_step.py --hidden 1000 --layers 3
@@ -18,6 +21,8 @@ import time
 import torch
 
 import tncn
+from tncn.bench import random_batch
+from tncn.temporal import build_learner
 from tncn.temporal.naive import naive_step, naive_zero_state
 
 
@@ -31,6 +36,15 @@ def fast_runner(V, hidden, B):
         for _ in range(steps):
             if model.train_step(torch.randint(0, V, (B,), generator=gen)):
                 opt.step()
+    return run
+
+
+def learner_runner(V, hidden, B):
+    learner = build_learner("ptncn", {"hidden": hidden}, V)
+    gen = torch.Generator().manual_seed(0)
+
+    def run(steps):
+        learner.train_segment(random_batch(V, steps, B, gen))
     return run
 
 
@@ -71,18 +85,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; L = {args.layers}, batch {args.batch}, vocab {args.vocab}")
-    print("| H | tncn.PTNCN tokens/s | naive step tokens/s | speed-up |")
-    print("|---|---|---|---|")
+    print("| H | tncn.PTNCN tokens/s | ptncn learner tokens/s | naive step tokens/s | step / naive | learner / step |")
+    print("|---|---|---|---|---|---|")
     for H in [int(h) for h in args.hidden.split(",")]:
         hidden = [H] * args.layers
         steps = max(args.steps, int(args.steps * (1000 / H) ** 2 / 4))
-        runs = {"fast": fast_runner(args.vocab, hidden, args.batch), "naive": naive_runner(args.vocab, hidden, args.batch)}
+        runs = {"fast": fast_runner(args.vocab, hidden, args.batch), "learner": learner_runner(args.vocab, hidden, args.batch),
+                "naive": naive_runner(args.vocab, hidden, args.batch)}
         rates = {k: [] for k in runs}
         for _ in range(args.repeats):
             for k, run in runs.items():
                 rates[k].append(measure(run, steps, args.batch))
-        fast, naive = statistics.median(rates["fast"]), statistics.median(rates["naive"])
-        print(f"| {H} | {fast:,.0f} | {naive:,.0f} | {fast / naive:.2f}x |")
+        fast, learner, naive = (statistics.median(rates[k]) for k in ("fast", "learner", "naive"))
+        print(f"| {H} | {fast:,.0f} | {learner:,.0f} | {naive:,.0f} | {fast / naive:.2f}x | {learner / fast:.2f} |")
 
 
 if __name__ == "__main__":

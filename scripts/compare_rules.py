@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
-    p.add_argument("--data-root", type=Path, help="folder holding mnist/ and fashion_mnist/ (default ../shared/data)")
+    p.add_argument("--data-root", type=Path, help="folder holding mnist/ and fashion_mnist/ (default $TNCN_DATA, else ~/.cache/tncn)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
     p.add_argument("--table", type=Path, help="also write the tables (markdown) here")
     p.add_argument("--plot", type=Path, help="write the angle plot (PNG) here")

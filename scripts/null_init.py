@@ -38,7 +38,7 @@ def run(rule, act, epochs, seed, out: Path, root) -> dict:
     if not (folder / "model.pt").exists():
         argv = ["classify", "--rule", rule, "--data", "mnist", "--hidden", "256,256,256", "--activation", act,
                 "--init", "zeros", "--epochs", str(epochs), "--seed", str(seed), "--no-progress",
-                "--out", str(folder), *PROTOCOL, *SETTINGS[(rule, act)]]
+                "--out", str(folder), "--force", *PROTOCOL, *SETTINGS[(rule, act)]]  # an unfinished run is redone
         if CENTER[act]:
             argv.append("--center")
         if root:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", type=Path, help="folder holding mnist/ (default ../shared/data)")
+    p.add_argument("--data-root", type=Path, help="folder holding mnist/ (default $TNCN_DATA, else ~/.cache/tncn)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "null_init")
     p.add_argument("--table", type=Path, help="also write the table (markdown) here")
     args = p.parse_args(argv)

@@ -87,10 +87,10 @@ def _unique(names: list, explicit: list) -> list:
 
 def _cli_budget(minutes, tokens, required: bool) -> tuple:
     if minutes is not None and tokens is not None:
-        raise DataError("give only one of --minutes or --tokens as the budget per experience")
+        raise DataError("give only one of minutes or tokens as the budget per experience")
     if minutes is None and tokens is None:
         if required:
-            raise DataError("give one of --minutes or --tokens as the budget per experience")
+            raise DataError("give one of minutes or tokens as the budget per experience")
         return None, None
     problem = _budget_problem(minutes, tokens)
     if problem:
@@ -158,7 +158,7 @@ def _parse_file(path: str, minutes, tokens) -> list:
         if m is None and t is None:
             if minutes is None and tokens is None:
                 raise DataError(f"{where}: has no budget; give \"minutes\" or \"tokens\" in the file "
-                                "or --minutes/--tokens on the command line")
+                                "or one budget for all experiences")
             m, t = minutes, tokens
         elif isinstance(t, float) and t.is_integer():
             t = int(t)  # 1e6 in JSON

@@ -125,7 +125,7 @@ def load(data: str, level: Optional[str] = None) -> Corpus:
     for prefix, fixed in (("ptb-char", "char"), ("ptb-word", "word")):
         if data == prefix or data.startswith(prefix + ":"):
             if level not in (None, fixed):
-                raise DataError(f"{prefix} is {fixed}-level data; drop --level {level}")
+                raise DataError(f"{prefix} is {fixed}-level data, not {level}-level")
             return _ptb(data, fixed)
     level = level or "char"
     if data == "stdlib":
@@ -139,7 +139,7 @@ def load(data: str, level: Optional[str] = None) -> Corpus:
     if path.is_file():
         lines = _read_lines({"train": path})["train"]
         return _split_90_5_5(data, [_plain(ln, level) for ln in lines], level, path)
-    raise DataError(f"--data {data}: no such file or folder (data forms: {FORMS})")
+    raise DataError(f"data {data!r}: no such file or folder (data forms: {FORMS})")
 
 
 # --------------------------------------------------------------------------- line parsers
@@ -160,7 +160,7 @@ def _ptb_char(line: str, level: str) -> str:
 def _ptb(data: str, level: str) -> Corpus:
     prefix, _, root = data.partition(":")
     if not root:
-        raise DataError(f"{prefix} needs its folder: --data {prefix}:DIR (the folder with the ptb.*.txt files)")
+        raise DataError(f"{prefix} needs its folder: {prefix}:DIR (the folder with the ptb.*.txt files)")
     stem = "ptb.char" if level == "char" else "ptb"
     files = {s: Path(root).expanduser() / f"{stem}.{s}.txt" for s in SPLITS}
     parse = _ptb_char if level == "char" else _plain
@@ -235,7 +235,7 @@ def _hub(data: str, level: str) -> Corpus:
     spec = data[3:]
     name, _, config = spec.partition(":")
     if not name:
-        raise DataError("hf: needs a dataset name, e.g. --data hf:wikitext:wikitext-2-raw-v1")
+        raise DataError("hf: needs a dataset name, e.g. hf:wikitext:wikitext-2-raw-v1")
     with _quiet_datasets() as datasets:
         try:
             ds = datasets.load_dataset(name, config or None)

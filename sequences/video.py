@@ -155,7 +155,7 @@ def _folder(spec: str, root) -> Path:
         raise DataError(f"unknown video data {spec!r}: give {FORMS}")
     folder = images.data_root(root) / NAMED[spec]
     if not folder.is_dir():
-        raise images.missing(spec, folder)
+        raise DataError(f"{images.missing(spec, folder)}; or give bouncing:PATH, a folder of its IDX files")
     return folder
 
 

@@ -116,7 +116,7 @@ def test_match_params_reproduces_the_built_models_weight_count(name, frames):
     options = cls.read_options({"hidden": HIDDEN})
     declared = cls.n_params(size, HIDDEN, options)
     if declared is None:
-        with pytest.raises(UserError, match="--match params cannot size"):
+        with pytest.raises(UserError, match="declares no parameter count"):
             cls.width_for_params(size, 2, 10_000, options)
         return
     assert declared == _learner(name, frames).n_weights()

@@ -283,3 +283,22 @@ def test_the_data_package_stands_alone():
             "print(sorted(m for m in sys.modules if m == 'tncn' or m.startswith('tncn.')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["ptncn", "lstm", "gru", "rnn", "elman", "esn"])
+def test_every_learner_trains_evaluates_and_samples_from_the_command_line(name, corpus, tmp_path, capsys):
+    from tncn.temporal import LEARNERS
+
+    assert set(LEARNERS) == {"ptncn", "lstm", "gru", "rnn", "elman", "esn"}  # a new learner joins this list
+    out = tmp_path / name
+    assert main(["train", "--data", str(corpus), "--model", name, "--hidden", "16,16", "--batch-size", "4",
+                 "--seq-len", "8", "--steps", "3", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == name and config["hidden"] == [16, 16]
+    assert set(LEARNERS[name].defaults()) <= set(config)
+    last = records(out)[-1]
+    assert main(["eval", "--checkpoint", str(out), "--split", "valid", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["bpc"] == pytest.approx(last["valid_bpc"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(out), "--prime", "the", "--length", "9", "--seed", "2"]) == 0
+    assert len(capsys.readouterr().out) == len("the") + 9 + 1

@@ -58,8 +58,8 @@ def test_to_json_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("spec, minutes, tokens, words", [
-    ("stdlib", None, None, "give one of --minutes or --tokens"),
-    ("stdlib", 1.0, 10, "only one of --minutes or --tokens"),
+    ("stdlib", None, None, "give one of minutes or tokens"),
+    ("stdlib", 1.0, 10, "only one of minutes or tokens"),
     ("stdlib", 0, None, "minutes must be positive"),
     ("stdlib", None, -5, "tokens must be positive"),
     ("stdlib", None, 2.5, "tokens must be a whole number"),
@@ -118,7 +118,7 @@ def test_file_errors(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00[")
     with pytest.raises(DataError, match="not a UTF-8 text file"):
         streams.parse(str(binary), tokens=5)
-    with pytest.raises(DataError, match="only one of --minutes or --tokens"):
+    with pytest.raises(DataError, match="only one of minutes or tokens"):
         streams.parse(write(tmp_path, [{"data": "a", "tokens": 5}]), minutes=1, tokens=5)
 
 

@@ -166,7 +166,7 @@ def test_ptb_char_reader_refuses_other_files(tmp_path):
         text.load(f"ptb-char:{tmp_path}")
     with pytest.raises(DataError, match="needs its folder"):
         text.load("ptb-char")
-    with pytest.raises(DataError, match="drop --level"):
+    with pytest.raises(DataError, match="is char-level data, not word-level"):
         text.load(f"ptb-char:{tmp_path}", level="word")
 
 

@@ -168,11 +168,11 @@ def assert_disjoint(splits):
 
 
 def test_mnist_splits():
-    shared_path("data", "mnist")
-    splits = video.glyph_splits("bouncing-mnist")
+    root = shared_path("data")
+    splits = video.glyph_splits("bouncing-mnist", root)
     assert {s: len(a) for s, a in splits.items()} == {"train": 55000, "valid": 5000, "test": 10000}
     assert_disjoint(splits)
-    again = video.glyph_splits("bouncing-mnist")
+    again = video.glyph_splits("bouncing-mnist", root)
     assert all(np.array_equal(splits[s], again[s]) for s in splits)
 
 
@@ -180,7 +180,7 @@ def test_notmnist_splits():
     folder = shared_path("data", "notmnist")
     from sequences import images
     original = images.load_glyphs(folder, "t10k")[0]
-    splits = video.glyph_splits("bouncing-notmnist")
+    splits = video.glyph_splits("bouncing-notmnist", folder.parent)
     assert_disjoint(splits)
     distinct = {g.tobytes() for g in original}
     got = [g.tobytes() for a in splits.values() for g in a]

@@ -22,8 +22,8 @@ from sequences import text, video
 from sequences.vocab import Vocabulary
 from tncn import checkpoint
 from tncn.errors import UserError
-from tncn.options import OptionError
 from tncn.metrics import METRICS
+from tncn.options import OptionError
 from tncn.temporal import build_learner, learner_class
 from tncn.train import Progress
 

@@ -132,8 +132,8 @@ class SequenceLearner(abc.ABC):
         def count(h):
             return cls.n_params(size, [h] * layers, options)
         if count(1) is None:
-            raise UserError(f"--match params cannot size model {cls.name} (it declares no parameter count); "
-                            f"give its widths with --set {cls.name}:hidden=H1,H2")
+            raise UserError(f"model {cls.name} declares no parameter count, so it cannot be sized to match "
+                            f"another model's; give its hidden widths")
         lo, hi = 1, 1
         while count(hi) < target:
             hi *= 2
