@@ -11,7 +11,7 @@ from tncn import bench
 
 @pytest.mark.parametrize("H, V", [(1000, 49), (256, 49), (1000, 10000)])
 def test_flops_per_token_closed_form(H, V):
-    # L = 2, tokens, default E rule: 2·(11 H² + 3 H V) (DESIGN.md §4; ANCHORS: 22.5 MFLOP at H=1000)
+    # L = 2, tokens, default E rule: 2·(11 H² + 3 H V) (docs/performance.md: 22.3 MFLOP at H=1000, V=49)
     assert bench.ptncn_flops_per_token(tncn.PTNCN(V, [H, H])) == 2 * (11 * H * H + 3 * H * V)
 
 

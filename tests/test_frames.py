@@ -1,6 +1,6 @@
 """Frame learners (P-TNCN with a sigmoid output, BPTT baselines reading frames as they are): the BCE
 per frame, the per-step recipe, frozen evaluation, learning a repeated clip. Expected values come
-from the BCE formula written out in numpy, the recipe of DESIGN.md §4 run by hand, and autograd.
+from the BCE formula written out in numpy, the recipe of tncn.temporal.ptncn run by hand, and autograd.
 """
 from __future__ import annotations
 

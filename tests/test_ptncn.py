@@ -151,7 +151,7 @@ def test_carried_state_equals_one_long_sequence():
 
 
 def test_default_E_rule_keeps_E_minus_W_transpose_under_sgd():
-    """With ΔE = γ ΔWᵀ (γ = 1) and SGD with momentum, E - Wᵀ never changes (DESIGN.md §4).
+    """With ΔE = γ ΔWᵀ (γ = 1) and SGD with momentum, E - Wᵀ never changes (tncn.temporal.ptncn).
 
     tncn stores E^l transposed, so the invariant reads E{l} - W{l} = const."""
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """The P-TNCN learner keeps the learner protocol of tncn.train: scoring, frozen evaluation,
 untouched training state, sampling, state round trips. Expected values come from closed forms
-(a zero model predicts uniformly) or from running the per-step recipe of DESIGN.md §4 by hand.
+(a zero model predicts uniformly) or from running the per-step recipe of tncn.temporal.ptncn by hand.
 """
 from __future__ import annotations
 

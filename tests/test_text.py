@@ -239,7 +239,7 @@ def test_stdlib_corpus_is_a_few_megabytes_and_deterministic(tmp_path, monkeypatc
 
 def test_real_ptb_char_files():
     """The shared copy of Mikolov's files: sentence counts and the 49 symbols of the data README,
-    the 4.30-bit unigram entropy of ANCHORS.md."""
+    the 4.30-bit unigram entropy of the README's PTB tables."""
     from conftest import shared_path
     from tncn.metrics import unigram_entropy
 

@@ -90,7 +90,7 @@ def ptncn_bound(flops_per_token: float, step_bytes: int, batch: int, gflops: flo
 
 
 def ptncn_flops_per_token(model: "tncn.PTNCN") -> float:
-    """FLOPs per observation that the P-TNCN equations need (DESIGN.md §4), K = 1.
+    """FLOPs per observation that the P-TNCN equations need (``tncn.temporal.ptncn``), K = 1.
 
     2·(rows·cols) per weight for each product a row vector goes through: the hypothesis
     (M^l for l > 1 — M^1 is a row gather for tokens — V^l, U^l, and the predictions W^l), the

@@ -1,4 +1,4 @@
-"""Diagnostics of the feedforward learning rules (DESIGN.md §5; Ororbia & Mali, AAAI 2019,
+"""Diagnostics of the feedforward learning rules (``tncn.learners``; Ororbia & Mali, AAAI 2019,
 arXiv 1805.11703, whose figures show the angle of LRA-E's updates against backprop's).
 
 - ``angle``: the angle in degrees between two tensors taken as flat vectors,

@@ -1,7 +1,7 @@
 """Shared layer primitives: activations by name, weight initialisers, dense layers, feedback matrices.
 
 Every learner in tncn (P-TNCN, backprop, FA, DFA, LRA-E) builds its networks from these pieces,
-so that learning rules can be compared on identical networks (DESIGN.md §2-3).
+so that learning rules can be compared on identical networks.
 
 - ``ACTIVATIONS``: the activation registry. Each entry gives ``f(a)`` and, where it exists, the
   vector-Jacobian product ``vjp(a, h, g) = g · ∂f/∂a`` (elementwise ``g * f'(a)`` for pointwise

@@ -1,6 +1,6 @@
 """A multilayer classifier built from the shared ``Dense`` layers, and a loop that fits it with any learner.
 
-The network of DESIGN.md §5 (row-vector layout, batch B): h^0 = x, a^l = h^{l-1} W^l + b^l,
+The network the rules train (row-vector layout, batch B): h^0 = x, a^l = h^{l-1} W^l + b^l,
 h^l = f(a^l) for the hidden layers l = 1..L-1, and a softmax output ŷ = softmax(a^L), trained on
 the mean cross-entropy (its gradient with respect to a^L is (ŷ - y)/B). The learning rules in
 ``tncn.learners`` (backprop, FA, DFA, LRA-E; Ororbia & Mali, AAAI 2019, arXiv 1805.11703) all

@@ -1,7 +1,7 @@
 """The one optimizer factory of tncn, its declared options and a lazily built optimizer.
 
 Every learner (sequence or feedforward) writes its updates into ``param.grad`` and a stock
-``torch.optim`` optimizer applies them (DESIGN.md §3). The names:
+``torch.optim`` optimizer applies them (``tncn.learners.base``, ``tncn.temporal.base``). The names:
 
 - ``sgd``: plain SGD (``momentum`` optional, 0 when not given);
 - ``momentum``: SGD with heavy-ball momentum;

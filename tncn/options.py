@@ -1,4 +1,4 @@
-"""Declared options: the typed fields that every learner's settings are read from (DESIGN.md §9).
+"""Declared options: the typed fields that every learner's settings are read from.
 
 An ``Option`` is a name (a Python identifier: the key in ``config.json``, in ``--set
 MODEL:KEY=VALUE`` and in presets; its command-line flag is ``--name-with-dashes``), a ``Kind``

@@ -8,7 +8,7 @@
 
 Every learner is an ``nn.Module`` holding the network and its own matrices; ``step(x, y)`` writes
 the update of every parameter into ``param.grad`` and returns the loss, and any ``torch.optim``
-optimizer over ``learner.parameters()`` applies it (DESIGN.md §3).
+optimizer over ``learner.parameters()`` applies it (``tncn.learners.base``).
 """
 from __future__ import annotations
 
@@ -22,21 +22,21 @@ from tncn.learners.fa import FeedbackAlignment
 from tncn.learners.lra_e import LRAE
 from tncn.options import read
 
-LEARNERS: dict[str, type[Learner]] = {cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE)}
-
-
-def takes_seed(name: str) -> bool:
-    """Whether the rule ``name`` draws random matrices (its constructor takes ``seed``)."""
-    return "seed" in inspect.signature(lookup(LEARNERS, name, "learning rule")).parameters
+LEARNERS: dict[str, type[Learner]] = {
+    cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE)
+}
 
 
 def make(name: str, net, seed: int = 0, **opts) -> Learner:
     """The learner ``name`` for ``net``, its declared options read and checked (an ``OptionError``
-    names the rule, the option and the allowed values); ``seed`` seeds its random matrices."""
+    names the rule, the option and the allowed values); ``seed`` seeds its random matrices, for
+    the rules that draw some (their constructor takes ``seed``)."""
     cls = lookup(LEARNERS, name, "learning rule")
     options = read(cls.OPTIONS, opts, f"rule {name}")
-    return cls(net, **options, **({"seed": seed} if takes_seed(name) else {}))
+    if "seed" in inspect.signature(cls).parameters:
+        options["seed"] = seed
+    return cls(net, **options)
 
 
-__all__ = ["LEARNERS", "Learner", "make", "takes_seed", "backprop_grads",
+__all__ = ["LEARNERS", "Learner", "make", "backprop_grads",
            "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE"]

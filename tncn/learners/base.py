@@ -1,4 +1,4 @@
-"""What every feedforward learning rule shares (DESIGN.md §3): a module that owns the network
+"""What every feedforward learning rule shares: a module that owns the network
 and the rule's own matrices, and writes each update into ``param.grad``.
 
 The update of every parameter plays the role of a gradient (the optimizer subtracts it), averaged
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tncn.layers import Feedback, differentiable_activations
-from tncn.options import FLOAT, Option, optional, positive
+from tncn.options import FLOAT, argument, optional, positive
 
 Tensor = torch.Tensor
 
@@ -56,21 +56,35 @@ def require_derivative(net, rule: str) -> None:
         )
 
 
-FEEDBACK_STD = Option("feedback_std", optional(FLOAT), None, "standard deviation of the fixed feedback matrices B "
-                      "(none: 1/sqrt(width))", check=positive)
-"""The option of the rules that draw fixed feedback (FA, DFA); their constructors' default is None too."""
+class FixedFeedbackRule(Learner):
+    """A rule that carries errors through fixed random matrices B (FA, DFA), kept in ``feedback``.
 
+    Args:
+        net: a ``tncn.mlp.MLP`` with a differentiable hidden activation.
+        feedback_std: standard deviation of the entries of each B; ``None`` takes 1/√n for a B
+            that carries an error to a layer of width n, the scale of the forward weights.
+        seed: seeds the draw of the feedback matrices.
+    """
 
-def fixed_feedback(net, shapes: list[tuple[int, int]], std: Optional[float], seed: int) -> nn.ModuleList:
-    """Fixed random feedback matrices B of the given [n_from, n_to] shapes, drawn in order from one
-    generator seeded by ``seed``, on the network's device; ``std`` None takes 1/√n_to each."""
-    gen = torch.Generator().manual_seed(int(seed))
-    dev = net.layers[0].weight.device
-    return nn.ModuleList(
-        Feedback(n_from, n_to, learned=False, std=(1.0 / math.sqrt(n_to)) if std is None else std,
-                 generator=gen).to(dev)
-        for n_from, n_to in shapes
-    )
+    needs_derivative = True
+
+    def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
+        super().__init__(net)
+        gen = torch.Generator().manual_seed(int(seed))
+        dev = net.layers[0].weight.device
+        self.feedback = nn.ModuleList(
+            Feedback(n_from, n_to, learned=False, generator=gen,
+                     std=(1.0 / math.sqrt(n_to)) if feedback_std is None else feedback_std).to(dev)
+            for n_from, n_to in self.shapes(net)
+        )
+
+    OPTIONS = (argument(__init__, "feedback_std", optional(FLOAT), "standard deviation of the fixed feedback "
+                        "matrices B (none: 1/sqrt(width))", check=positive),)
+
+    @staticmethod
+    def shapes(net) -> list[tuple[int, int]]:
+        """The [n_from, n_to] shapes of the matrices B, drawn in this order."""
+        raise NotImplementedError
 
 
 def output_error(logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

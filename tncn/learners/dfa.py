@@ -2,7 +2,7 @@
 Networks", NeurIPS 2016).
 
 The output error reaches every hidden layer directly through a fixed random matrix B^l
-[n_classes, n_l] (DESIGN.md §5), computed explicitly under ``torch.no_grad()`` (no backward hooks):
+[n_classes, n_l] (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()`` (no backward hooks):
 
     δ^L = ŷ - y,    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
@@ -11,33 +11,23 @@ With one hidden layer DFA and FA coincide. The B are buffers (``tncn.layers.Feed
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
-from tncn.learners.base import FEEDBACK_STD, Learner, fixed_feedback, output_error, write_layer_grads
+from tncn.learners.base import FixedFeedbackRule, output_error, write_layer_grads
 
 Tensor = torch.Tensor
 
 
-class DirectFeedbackAlignment(Learner):
-    """DFA. ``feedback[l-1]`` carries the output error to hidden layer l: shape [n_classes, n_l].
-
-    Args:
-        net: a ``tncn.mlp.MLP`` with a differentiable hidden activation.
-        feedback_std: standard deviation of the entries of B^l; ``None`` takes 1/√n_l.
-        seed: seeds the draw of the feedback matrices.
-    """
+class DirectFeedbackAlignment(FixedFeedbackRule):
+    """DFA. ``feedback[l-1]`` carries the output error to hidden layer l: shape [n_classes, n_l]
+    (options: ``FixedFeedbackRule``)."""
 
     name = "dfa"
-    needs_derivative = True
-    OPTIONS = (FEEDBACK_STD,)
 
-    def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
-        super().__init__(net)
-        n_classes = net.layers[-1].n_out
-        self.feedback = fixed_feedback(net, [(n_classes, layer.n_out) for layer in net.layers[:-1]],
-                                       feedback_std, seed)
+    @staticmethod
+    def shapes(net) -> list[tuple[int, int]]:
+        return [(net.layers[-1].n_out, layer.n_out) for layer in net.layers[:-1]]
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:

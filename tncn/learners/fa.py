@@ -1,7 +1,7 @@
 """Random feedback alignment (Lillicrap, Cownden, Tweed & Akerman, Nature Communications 2016).
 
 Backprop's backward pass with each transposed forward weight (W^{l+1})ᵀ replaced by a fixed random
-matrix B^{l+1} of the same shape (DESIGN.md §5), computed explicitly under ``torch.no_grad()``:
+matrix B^{l+1} of the same shape (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()``:
 
     δ^L = ŷ - y,    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
@@ -10,33 +10,23 @@ With B^{l+1} = (W^{l+1})ᵀ this is exactly backprop. The B are buffers (``tncn.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
-from tncn.learners.base import FEEDBACK_STD, Learner, fixed_feedback, output_error, write_layer_grads
+from tncn.learners.base import FixedFeedbackRule, output_error, write_layer_grads
 
 Tensor = torch.Tensor
 
 
-class FeedbackAlignment(Learner):
-    """FA. ``feedback[i]`` carries the error from layer i+2 down to layer i+1: shape [n_{i+2}, n_{i+1}].
-
-    Args:
-        net: a ``tncn.mlp.MLP`` with a differentiable hidden activation.
-        feedback_std: standard deviation of the entries of B^{l+1}; ``None`` takes 1/√n_l,
-            the scale of the forward weights it stands in for.
-        seed: seeds the draw of the feedback matrices.
-    """
+class FeedbackAlignment(FixedFeedbackRule):
+    """FA. ``feedback[i]`` carries the error from layer i+2 down to layer i+1: shape [n_{i+2}, n_{i+1}],
+    the shape of (W^{i+2})ᵀ (options: ``FixedFeedbackRule``)."""
 
     name = "fa"
-    needs_derivative = True
-    OPTIONS = (FEEDBACK_STD,)
 
-    def __init__(self, net, feedback_std: Optional[float] = None, seed: int = 0):
-        super().__init__(net)
-        self.feedback = fixed_feedback(net, [(layer.n_out, layer.n_in) for layer in net.layers[1:]],
-                                       feedback_std, seed)
+    @staticmethod
+    def shapes(net) -> list[tuple[int, int]]:
+        return [(layer.n_out, layer.n_in) for layer in net.layers[1:]]
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ Algorithms for Propagating Local Target Representations", AAAI 2019, arXiv 1805.
 
 Each hidden layer gets a target computed top-down from the error of the layer above, carried by
 error weights E; its weights then move to reduce the local discrepancy between its activity and
-that target (DESIGN.md §5; the paper's Algorithm 1, with the output error of softmax and
+that target (the paper's Algorithm 1, with the output error of softmax and
 cross-entropy). Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l):
 
     e^L = ŷ - y                                   (output error)

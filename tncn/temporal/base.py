@@ -3,7 +3,7 @@
 A sequence learner owns a model, its optimizer and the state it carries from one segment of a
 stream to the next. The training loop (``tncn.train``), ``tncn compare``, ``tncn continual``, the
 run folders and the conformance test (tests/test_conformance.py) talk to it only through this
-class. DESIGN.md §9; a worked example is docs/adding_a_learner.md.
+class; a worked example is docs/adding_a_learner.md.
 
 **Declared on the class** (read by the command line, sizing and tables; nothing branches on names):
 

@@ -11,7 +11,7 @@ positions (N of them), and e_t = (softmax(o_t) - onehot(y_t)) s_t / N = ∂L/∂
     ``fa`` (feedback alignment, Lillicrap et al. 2016):  δ^L_t = f'(a^L_t) ⊙ (e_t B^{L+1}),
         δ^l_t = f'(a^l_t) ⊙ (δ^{l+1}_t B^{l+1});
     ``dfa`` (direct feedback alignment, Nøkland 2016):  δ^l_t = f'(a^l_t) ⊙ (e_t D^l);
-    ``ptncn`` (P-TNCN-style targets, Ororbia et al. 2020, DESIGN.md §4; no f' needed):
+    ``ptncn`` (P-TNCN-style targets, Ororbia et al. 2020, ``tncn.temporal.ptncn``; no f' needed):
         d^L_t = e_t B^{L+1}, d^l_t = ε^{l+1}_t B^{l+1}, y^l_t = f(a^l_t - β d^l_t), δ^l_t = ε^l_t = h^l_t - y^l_t;
   then ΔW_in^l = Σ_t x^{lᵀ}_t δ^l_t, Δb^l = Σ_t δ^l_t, ΔW_rec^l = Σ_t h^{lᵀ}_{t-1} δ^l_t, and the
   exact output update ΔW_out = Σ_t h^{Lᵀ}_t e_t, Δb_out = Σ_t e_t.

@@ -1,4 +1,4 @@
-"""A plain, line-by-line P-TNCN step (DESIGN.md §4), written for reading, testing and benchmarking.
+"""A plain, line-by-line P-TNCN step (the equations of ``tncn.temporal.ptncn``), written for reading, testing and benchmarking.
 
 The same equations as ``tncn.temporal.ptncn`` in their most direct form: one-hot inputs, every
 update formed as a full outer product, clipped after it is formed, no buffers reused. It is the

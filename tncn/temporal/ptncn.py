@@ -3,7 +3,7 @@
 Ororbia, Mali, Giles, Kifer, "Continual Learning of Recurrent Neural Networks by Locally Aligning
 Distributed Representations", IEEE TNNLS 31(10), 2020 (arXiv 1810.07411); reference behaviour is
 the authors' official TensorFlow code (AnkurMali/ContinualPTNCN, ``ptncn_2lyr.py``), reproduced
-step for step (tests/test_oracle.py). Equations as in DESIGN.md §4, row-vector layout, batch B.
+step for step (tests/test_oracle.py). Row-vector layout, batch B.
 
 Notation (the paper's): layer 0 is the observation x_t (token ids, or a dense frame); layers
 l = 1..L are latent, of widths H_l. Per layer l:

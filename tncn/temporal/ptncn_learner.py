@@ -1,6 +1,6 @@
 """The P-TNCN as a sequence learner (the protocol: ``tncn.temporal.base``).
 
-Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; DESIGN.md §4):
+Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; the equations of ``tncn.temporal.ptncn``):
 ``model.train_step(x_t, m_t)`` (predict x_t from t-1, correct the states with x_t, write the local
 updates: ``step`` then ``local_updates`` in one call), score the prediction from
 ``model.last_logits``, then ``opt.step(); model.project_()`` (no update on the first step after a
@@ -63,7 +63,7 @@ class PTNCNLearner(SequenceLearner):
 
     @classmethod
     def n_params(cls, size: int, hidden: list, options: dict) -> int:
-        """M^l, V^l, W^l, E^l per layer and U^l below the top (DESIGN.md §4)."""
+        """M^l, V^l, W^l, E^l per layer and U^l below the top (``tncn.temporal.ptncn``)."""
         sizes = [size] + list(hidden)
         total = 0
         for l in range(1, len(sizes)):
