@@ -117,3 +117,25 @@ def test_named_mnist_subset_one_epoch(tmp_path):
     r = json.loads(out.read_text())
     assert r["data"] == "mnist" and r["sizes"] == {"train": 500, "valid": 500, "test": 10000}
     assert r["test_error"] < 0.6
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "lra-e"])
+def test_rule_help_lists_the_rules_declared_options(rule, capsys):
+    from tncn import learners
+
+    assert main(["classify", "--rule", rule, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    mine = {o.flag for o in learners.LEARNERS[rule].OPTIONS}
+    for o in learners.LEARNERS[rule].OPTIONS:
+        assert o.flag in out and " ".join(o.describe().split()) in out
+    others = {o.flag for cls in learners.LEARNERS.values() for o in cls.OPTIONS} - mine
+    assert not any(f"{flag} " in out for flag in others)
+
+
+def test_an_existing_out_folder_is_refused_and_left_alone(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"mine")
+    assert classify(tiny, "--rule", "bp", "--epochs", "1", "--out", str(out)) == 2
+    assert "already exists; overwrite it with --force" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["model.pt"] and (out / "model.pt").read_bytes() == b"mine"

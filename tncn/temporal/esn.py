@@ -93,9 +93,14 @@ class Reservoir(nn.Module):
             out.append(u)
         return out
 
+    @staticmethod
+    def features(h: list) -> torch.Tensor:
+        """r = [h^1, ..., h^L], what the readout reads."""
+        return torch.cat(h, dim=1) if len(h) > 1 else h[0]
+
     def logits(self, h: list) -> torch.Tensor:
-        """o = [h^1, ..., h^L] W_out + b_out."""
-        return self.readout.pre(torch.cat(h, dim=1) if len(h) > 1 else h[0])
+        """o = r W_out + b_out."""
+        return self.readout.pre(self.features(h))
 
 
 class ESN(SequenceLearner):
@@ -145,7 +150,7 @@ class ESN(SequenceLearner):
 
     # ------------------------------------------------------------------ segments
 
-    def _learn(self, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor) -> None:
+    def _learn(self, features: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor) -> None:
         """Write the readout's gradient of this step's loss into ``param.grad``; step."""
         readout = self.model.readout
         if self.frames:
@@ -154,7 +159,6 @@ class ESN(SequenceLearner):
             delta = torch.softmax(logits, dim=1)
             delta[torch.arange(len(x), device=x.device), x] -= 1.0
         delta *= score.unsqueeze(1) / len(x)
-        features = torch.cat(self._h, dim=1) if len(self._h) > 1 else self._h[0]
         torch.mm(features.T, delta, out=grad_buffer(readout.weight))
         torch.sum(delta, 0, out=grad_buffer(readout.bias))
         self.opt.step()
@@ -167,12 +171,13 @@ class ESN(SequenceLearner):
         hits = torch.zeros((), dtype=torch.long, device=self.device)
         for t, n in enumerate(batch.score.sum(dim=1).tolist()):
             if n:
-                logits = self.model.logits(self._h)
+                features = self.model.features(self._h)
+                logits = self.model.readout.pre(features)
                 b, h = self._score(logits, x[t], score[t])
                 bits += b
                 hits += h
                 if learn:
-                    self._learn(logits, x[t], score[t].to(logits.dtype))
+                    self._learn(features, logits, x[t], score[t].to(logits.dtype))
             self._h = self.model.step(self._h, x[t], mask[t])
         return Tally(float(bits), batch.n_scored, int(hits))
 
