@@ -121,30 +121,28 @@ def random_batch(size: int, steps: int, batch: int, generator: torch.Generator, 
     return Batch(x, mask, score, reset)
 
 
-def learner_train_rate(kind: str, options: dict, size: int, batch: int, steps: int, device="cpu",
-                       repeats: int = 5, frames: bool = False) -> float:
-    """Tokens/s of ``train_segment`` of the learner ``kind`` (as ``tncn compare`` builds it) on
-    segments of ``steps`` random ids with the state carried from one to the next."""
-    learner = build_learner(kind, options, size, device, 0, frames)
+def learner_train_rate(learner, batch: int, steps: int, repeats: int = 5) -> float:
+    """Tokens/s of ``learner.train_segment`` (a learner as ``tncn compare`` builds it) on segments
+    of ``steps`` random observations in ``batch`` rows, the state carried from one to the next."""
     gen = torch.Generator().manual_seed(0)
-    learner.train_segment(random_batch(size, 2, batch, gen, frames, reset=True))
-    data = random_batch(size, steps, batch, gen, frames)
-    return _median_rate(lambda: learner.train_segment(data), steps * batch, repeats, device)
+    learner.train_segment(random_batch(learner.size, 2, batch, gen, learner.frames, reset=True))
+    data = random_batch(learner.size, steps, batch, gen, learner.frames)
+    return _median_rate(lambda: learner.train_segment(data), steps * batch, repeats, learner.device)
 
 
 def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, compiled=False) -> float:
     """Tokens/s of P-TNCN training (the ``ptncn`` learner, reference options; ``compiled``: its
     ``compile`` option, compiled in the untimed warm-up)."""
-    steps = max(5, int(2e9 / (ptncn_flops_per_token(tncn.PTNCN(vocab, hidden, tokens=tokens)) * batch)))
-    return learner_train_rate("ptncn", {"hidden": list(hidden), "compile": compiled}, vocab, batch, steps, device,
-                              repeats, frames=not tokens)
+    learner = build_learner("ptncn", {"hidden": list(hidden), "compile": compiled}, vocab, device, frames=not tokens)
+    steps = max(5, int(2e9 / (ptncn_flops_per_token(learner.model) * batch)))
+    return learner_train_rate(learner, batch, steps, repeats)
 
 
 def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu", repeats=5) -> float:
     """Tokens/s of the ``cell`` learner (lstm, gru, rnn) with truncated BPTT (window ``window``)."""
     windows = max(2, int(20 * 50 * 256 * 256 / (window * hidden * hidden)))
-    return learner_train_rate(cell, {"hidden": [hidden] * layers, "bptt": window}, vocab, batch, windows * window,
-                              device, repeats)
+    learner = build_learner(cell, {"hidden": [hidden] * layers, "bptt": window}, vocab, device)
+    return learner_train_rate(learner, batch, windows * window, repeats)
 
 
 # --------------------------------------------------------------------------- memory

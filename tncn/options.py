@@ -155,12 +155,6 @@ def at_least(n) -> Callable[[Any], Optional[str]]:
     return check
 
 
-def below(n) -> Callable[[Any], Optional[str]]:
-    def check(v):
-        return None if v is None or v < n else f"must be below {n}"
-    return check
-
-
 def in_range(lo, hi) -> Callable[[Any], Optional[str]]:
     """lo < v <= hi."""
     def check(v):

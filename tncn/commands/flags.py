@@ -124,7 +124,6 @@ def peek(argv: Optional[list], *flags: str) -> argparse.Namespace:
     return p.parse_known_args(argv or [])[0]
 
 
-
 def check_out(out: Path, force: bool, resume: Optional[bool] = None) -> None:
     """Refuse to write into an existing, non-empty ``--out`` unless forced or (for commands that
     can, ``resume`` not None) resuming."""

@@ -85,13 +85,11 @@ def plan(models: list[str], size: int, hidden: list[int], match: str, bptt, sets
          frames: bool = False) -> tuple[dict, int]:
     """Every model's complete options (checked by building it once) and the first model's weight count."""
     first = models[0]
-    reference = build_learner(first, {"hidden": hidden, **sets.get(first, {})}, size, "cpu", seed, frames)
-    target = reference.n_weights()
     takes_bptt = [m for m in models if "bptt" in learner_class(m).defaults()]
     if bptt is not None and not takes_bptt:
         raise UserError(f"--bptt applies to none of the models {', '.join(models)}")
-    options = {}
-    for kind in models:
+    options, target = {}, None
+    for kind in models:  # the first model first: its weight count sizes the others
         cls = learner_class(kind)
         opts = {"bptt": bptt} if bptt is not None and kind in takes_bptt else {}
         opts.update(sets.get(kind, {}))
@@ -103,6 +101,8 @@ def plan(models: list[str], size: int, hidden: list[int], match: str, bptt, sets
                 width = cls.width_for_params(size, layers, target, cls.read_options(opts))
                 opts["hidden"] = [width] * layers
         opts = cls.read_options(opts)
-        build_learner(kind, opts, size, "cpu", seed, frames)  # a bad option fails here, before any run
+        learner = build_learner(kind, opts, size, "cpu", seed, frames)  # a bad option fails here, before any run
+        if kind == first:
+            target = learner.n_weights()
         options[kind] = opts
     return options, target

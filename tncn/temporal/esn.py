@@ -150,15 +150,17 @@ class ESN(SequenceLearner):
 
     # ------------------------------------------------------------------ segments
 
-    def _learn(self, features: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, score: torch.Tensor) -> None:
-        """Write the readout's gradient of this step's loss into ``param.grad``; step."""
+    def _learn(self, features: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+               rows: torch.Tensor) -> None:
+        """Write the readout's gradient of this step's loss into ``param.grad``; step. ``weight``
+        [B, 1] is s_t / B, ``rows`` the row indices (both made once a segment)."""
         readout = self.model.readout
         if self.frames:
             delta = torch.sigmoid(logits) - x
         else:
             delta = torch.softmax(logits, dim=1)
-            delta[torch.arange(len(x), device=x.device), x] -= 1.0
-        delta *= score.unsqueeze(1) / len(x)
+            delta[rows, x] -= 1.0
+        delta *= weight
         torch.mm(features.T, delta, out=grad_buffer(readout.weight))
         torch.sum(delta, 0, out=grad_buffer(readout.bias))
         self.opt.step()
@@ -169,6 +171,9 @@ class ESN(SequenceLearner):
             self._h = self.model.zero_state(x.shape[1])
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
+        if learn:
+            weight = score.to(self.model.readout.weight.dtype).unsqueeze(2) / x.shape[1]  # s_t / B, [T, B, 1]
+            rows = torch.arange(x.shape[1], device=self.device)
         for t, n in enumerate(batch.score.sum(dim=1).tolist()):
             if n:
                 features = self.model.features(self._h)
@@ -177,7 +182,7 @@ class ESN(SequenceLearner):
                 bits += b
                 hits += h
                 if learn:
-                    self._learn(features, logits, x[t], score[t].to(logits.dtype))
+                    self._learn(features, logits, x[t], weight[t], rows)
             self._h = self.model.step(self._h, x[t], mask[t])
         return Tally(float(bits), batch.n_scored, int(hits))
 
