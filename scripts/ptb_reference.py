@@ -20,14 +20,14 @@ Trains for one epoch over ``ptb.char.train.txt`` or until ``--minutes`` of train
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from sequences import text
+from tncn import files
+from tncn.guard import Diverged
 from tncn.metrics import unigram_entropy
 from tncn.temporal import build_learner
 from tncn.train import Budget, evaluate, fit
@@ -57,9 +57,12 @@ def main(argv=None) -> int:
           f"{args.threads} thread(s)", file=sys.stderr)
 
     t0 = time.perf_counter()
-    progress, stopped = fit(learner, train, valid, Budget(epochs=1),
-                            should_stop=lambda: time.perf_counter() - t0 > 60.0 * args.minutes,
-                            on_record=None, bar=sys.stderr.isatty())
+    try:
+        progress, stopped = fit(learner, train, valid, Budget(epochs=1),
+                                should_stop=lambda: time.perf_counter() - t0 > 60.0 * args.minutes,
+                                on_record=None, bar=sys.stderr.isatty(), baseline=unigram_entropy(vocab.counts))
+    except Diverged as err:
+        sys.exit(f"ptb_reference: {err}")
     valid_bpc = evaluate(learner, valid).bpc if stopped else progress.records[-1]["valid_bpc"]
     result = dict(layers=args.layers, hidden=args.hidden, batch_size=args.batch_size, threads=args.threads,
                   epochs=round(progress.step / len(train), 4), tokens=progress.tokens,
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     print(f"| {r['layers']} | {r['hidden']} | {r['epochs']} | {r['tokens']:,} | {r['train_s']} | "
           f"{r['tokens_per_s']:,} | {r['valid_bpc']:.4f} | {r['unigram_entropy']:.4f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        files.write_json(args.json, result)
     return 0
 
 

@@ -441,9 +441,9 @@ def load(spec: str, n_frames: int = 20, size: int = 64, n_glyphs: int = 2, root=
     return VideoData(spec, pools, int(n_frames), int(size), int(n_glyphs), int(seed))
 
 
-def save_frames_png(path, true: np.ndarray, predicted: np.ndarray, title: str = "") -> None:
-    """A PNG at ``path``: true frames [T, rows, cols] on top, predicted below (NaN, e.g. the first
-    predicted frame that nothing precedes, shows empty), one column per frame, at most 20."""
+def frames_figure(true: np.ndarray, predicted: np.ndarray, title: str = ""):
+    """A matplotlib figure: true frames [T, rows, cols] on top, predicted below (NaN, e.g. the
+    first predicted frame that nothing precedes, shows empty), one column per frame, at most 20."""
     from matplotlib.figure import Figure
 
     n = min(len(true), 20)
@@ -458,4 +458,4 @@ def save_frames_png(path, true: np.ndarray, predicted: np.ndarray, title: str = 
         axes[row, 0].set_ylabel(name)
     if title:
         fig.suptitle(title)
-    fig.savefig(path)
+    return fig

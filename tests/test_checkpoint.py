@@ -43,10 +43,10 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path):
     path = checkpoint.save(tmp_path / "ok.pt", payload(), "sequence")
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="truncated or corrupt"):
+    with pytest.raises(UserError, match="truncated, corrupt or not a checkpoint"):
         checkpoint.load(tmp_path / "cut.pt", "sequence")
     (tmp_path / "noise.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(UserError, match="truncated or corrupt"):
+    with pytest.raises(UserError, match="truncated, corrupt or not a checkpoint"):
         checkpoint.load(tmp_path / "noise.pt", "sequence")
     torch.save({"format": "tncn", "version": 1, "kind": "sequence", "x": argparse.Namespace(a=1)}, tmp_path / "obj.pt")
     with pytest.raises(UserError, match="pickled Python objects"):
@@ -65,3 +65,21 @@ def test_rng_state_round_trip():
     a = torch.rand(3)
     checkpoint.set_rng_state(state)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_foreign_bytes_are_refused_in_one_line_that_never_advises_unsafe_loading(tmp_path):
+    """Random bytes make torch's reader fail in many ways (IndexError, RuntimeError, an
+    UnpicklingError that suggests weights_only=False): each is one UserError line without that advice."""
+    import pickle
+    import random
+
+    rng = random.Random(0)
+    blobs = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 4000))) for _ in range(30)]
+    blobs.append(pickle.dumps(list(range(5)), protocol=4) + b"\x95" * 8)  # a pickle opcode the reader refuses
+    for i, blob in enumerate(blobs):
+        path = tmp_path / f"noise{i}.pt"
+        path.write_bytes(blob)
+        with pytest.raises(UserError) as err:
+            checkpoint.load(path, "sequence")
+        message = str(err.value)
+        assert "\n" not in message and "weights_only" not in message, message

@@ -83,6 +83,10 @@ def test_learns_and_same_seed_same_result(tiny, tmp_path):
     (["--rule", "bp", "--optimizer", "lbfgs"], "--optimizer must be one of sgd, momentum, nesterov, adam, rmsprop, got 'lbfgs'"),
     (["--rule", "bp", "--activation", "swish"], "unknown activation 'swish'"),
     (["--rule", "bp", "--epochs", "0"], "--epochs must be positive"),
+    (["--rule", "bp", "--init-std", "-1"], "--init-std must be positive, got -1"),
+    (["--rule", "bp", "--valid", "-5"], "--valid must be non-negative"),
+    (["--rule", "bp", "--limit", "0"], "--limit must be positive"),
+    (["--rule", "bp", "--hidden", "12,x"], "--hidden: expected positive whole numbers"),
     (["--rule", "bp", "--device", "tpu"], "--device tpu: not a device name"),
 ])
 def test_bad_options_one_line_exit_2(tiny, capsys, args, message):

@@ -71,9 +71,12 @@ def test_train_eval_sample_end_to_end(corpus, tmp_path, capsys, monkeypatch):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("validation: ") and "bits/char" in lines[0] and "unigram entropy" in lines[0]
     assert lines[1].startswith("sample (") and lines[-1] == f"run saved in {out}"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "curves.png", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "curves.png",
+                                                     "metrics.jsonl"]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [2, 4]
+    best = min(recs, key=lambda r: r["valid_bpc"])
+    assert torch.load(out / "best.pt", weights_only=True)["progress"]["step"] == best["step"]
     for rec in recs:
         assert {"step", "tokens", "elapsed_s", "train_bpc", "valid_bpc", "tokens_per_s"} <= set(rec)
     # 4 parallel streams of 10 steps per batch: 40 symbols per batch, all real in the first batches
@@ -190,8 +193,8 @@ def test_bad_checkpoints(corpus, trained, tmp_path, capsys):
     data = (cut / "checkpoint.pt").read_bytes()
     (cut / "checkpoint.pt").write_bytes(data[: len(data) // 3])
     before = snapshot(cut)
-    one_error_line(capsys, main(["train", "--out", str(cut), "--resume", "--steps", "4"]), "truncated or corrupt")
-    one_error_line(capsys, main(["eval", "--checkpoint", str(cut)]), "truncated or corrupt")
+    one_error_line(capsys, main(["train", "--out", str(cut), "--resume", "--steps", "4"]), "truncated, corrupt or not a checkpoint")
+    one_error_line(capsys, main(["eval", "--checkpoint", str(cut)]), "truncated, corrupt or not a checkpoint")
     assert snapshot(cut) == before
 
     # resuming with another model or other data

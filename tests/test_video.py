@@ -329,9 +329,11 @@ def test_batch_errors(small):
         small.sequence("dev", 0)
 
 
-def test_save_frames_png(tmp_path, small):
+def test_frames_figure(tmp_path, small):
     true = small.sequence("test", 0)
     predicted = np.concatenate([np.full((1, 32, 32), np.nan, np.float32), true[:-1]])
+    fig = video.frames_figure(true, predicted, title="bouncing glyphs")
+    assert fig.axes[0].get_ylabel() == "true" and fig.axes[len(true)].get_ylabel() == "predicted"
     path = tmp_path / "frames.png"
-    video.save_frames_png(path, true, predicted, title="bouncing glyphs")
+    fig.savefig(path, format="png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,6 @@ Every token here is real (random ids, no padding): the rates count real tokens o
 """
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
@@ -33,7 +32,7 @@ import torch
 
 import tncn
 from sequences.batching import Batch
-from tncn import isolate
+from tncn import files, isolate
 from tncn.temporal import build_learner
 
 
@@ -280,5 +279,4 @@ def format_table(result: dict) -> str:
 
 
 def save_json(result: dict, path: str) -> None:
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
+    files.write_json(path, result)

@@ -1,8 +1,8 @@
 """Checkpoints as plain data: state_dicts, tensors, numbers and strings; never a pickled object.
 
 ``save`` writes with ``torch.save`` into a temporary file beside the target, flushes it to disk
-and renames it over the target (``os.replace``), so a kill during a save leaves the previous
-checkpoint intact. ``load`` reads with ``torch.load(weights_only=True)``, which refuses anything
+and renames it over the target (``tncn.files.atomic``), so a kill during a save leaves the
+previous checkpoint intact. ``load`` reads with ``torch.load(weights_only=True)``, which refuses anything
 but tensors and plain containers, and turns every failure into a one-line ``UserError``: a
 missing file, a truncated or corrupt file, a file that holds pickled objects, a file that is not a
 tncn checkpoint, or a checkpoint of another kind (e.g. a classifier where a sequence model is
@@ -10,14 +10,13 @@ expected). ``rng_state``/``set_rng_state`` capture the global torch generators.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from tncn import files
 from tncn.errors import UserError
 
 FORMAT = "tncn"
@@ -32,41 +31,12 @@ def resolve(path) -> Path:
 
 
 def save(path, payload: dict, kind: str) -> Path:
-    """Write ``payload`` (plain data) atomically, tagged with the tncn format and ``kind``."""
+    """Write ``payload`` (plain data) atomically (``tncn.files.atomic``), tagged with the tncn
+    format and ``kind``."""
     path = resolve(path)
-    data = {"format": FORMAT, "version": VERSION, "kind": kind, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with files.atomic(path) as fh:
+        torch.save({"format": FORMAT, "version": VERSION, "kind": kind, **payload}, fh)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path, kind: str) -> dict:
@@ -75,13 +45,15 @@ def load(path, kind: str) -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "unsupported global" in str(err).lower():
             raise UserError(f"{path} holds pickled Python objects, not a tncn checkpoint (refusing to load it)") from None
-        raise UserError(f"{path} is truncated or corrupt ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path} is truncated or corrupt ({_first_line(err)})") from None
+        raise UserError(f"{path} is truncated, corrupt or not a checkpoint ({_cause(err)})") from None
+    except Exception as err:  # torch's reader fails on foreign bytes with many exception types
+        raise UserError(f"{path} is truncated, corrupt or not a checkpoint ({_cause(err)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a tncn checkpoint")
     if data.get("version") != VERSION:
@@ -91,9 +63,16 @@ def load(path, kind: str) -> dict:
     return data
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+def _cause(err: Exception) -> str:
+    """What torch says went wrong, in one line, without its advice to load unsafely."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # the weights-only reader: keep its cause, drop the advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else type(err).__name__
+    if "weights_only" in line:
+        line = type(err).__name__
+    return line if len(line) <= 120 else line[:117] + "..."
 
 
 def rng_state() -> dict:

@@ -4,7 +4,8 @@ Each module in ``tncn.commands`` defines ``register(subparsers, argv)``, which a
 flags may depend on ``argv``: ``tncn train --model X`` shows X's options) and sets ``func`` to a
 function taking the parsed arguments. Bad input (a ``UserError``, a ``DataError`` of the data
 package, an ``OptionError`` shown with its flag) is printed as one line on stderr with exit status
-2; nothing else is caught, so real bugs keep their tracebacks.
+2; a training run that diverged (``tncn.guard.Diverged``) as one line with exit status 3; Ctrl-C
+exits with 130. Nothing else is caught, so real bugs keep their tracebacks.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import sys
 
 from sequences.errors import DataError
 from tncn.commands import bench, classify, compare, continual, eval, flags, sample, train
+from tncn import guard
 from tncn.errors import UserError
+from tncn.guard import Diverged
 from tncn.options import OptionError
 
 COMMANDS = (train, eval, sample, classify, compare, bench, continual)
@@ -46,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tncn {args.command}: error: {err.render('--' + err.key.replace('_', '-'))}", file=sys.stderr)
     except (UserError, DataError) as err:
         print(f"tncn {args.command}: error: {err}", file=sys.stderr)
+    except Diverged as err:
+        print(f"tncn {args.command}: {err}; nothing was saved", file=sys.stderr)
+        return guard.EXIT_STATUS
     except KeyboardInterrupt:
-        print(f"tncn {args.command}: interrupted", file=sys.stderr)
+        print(f"tncn {args.command}: interrupted; the work in progress was not saved", file=sys.stderr)
         return 130
     return 2
 

@@ -23,10 +23,11 @@ Plots use ``matplotlib.figure.Figure`` (never pyplot) and are written atomically
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from tncn import files
 
 
 def _matrix(R, what: str = "the score matrix") -> np.ndarray:
@@ -86,14 +87,6 @@ def _check_names(matrices: dict, task_names) -> dict:
     return out
 
 
-def _save(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + (path.suffix or ".png"))
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
-
-
 def plot_matrix(path, matrices: dict, task_names: list, unit: str, higher_is_better: bool = False) -> None:
     """One heat map of R per model, side by side, on one shared colour scale; "better" has the
     same colour whether scores are losses or accuracies (viridis: bright is better)."""
@@ -127,7 +120,7 @@ def plot_matrix(path, matrices: dict, task_names: list, unit: str, higher_is_bet
         ax.set_title(model)
     better = "higher is better" if higher_is_better else "lower is better"
     fig.colorbar(im, ax=list(axes), label=f"{unit} ({better})", shrink=0.85)
-    _save(fig, path)
+    files.save_figure(fig, path)
 
 
 def plot_curves(path, curves: dict, task_names: list, unit: str) -> None:
@@ -173,7 +166,7 @@ def plot_curves(path, curves: dict, task_names: list, unit: str) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:  # one legend for all panels, outside them, so that no line hides behind it
         fig.legend(handles, labels, loc="outside right center", fontsize=8, title="score on")
-    _save(fig, path)
+    files.save_figure(fig, path)
 
 
 def _fmt(x, sign: bool = False) -> str:
@@ -186,11 +179,15 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def format_table(summaries: dict, matrices: dict, task_names, unit: str) -> str:
+def format_table(summaries: dict, matrices: dict, task_names, unit: str, diverged: Optional[dict] = None) -> str:
     """Markdown for the terminal: per model its score matrix (rows "after <task>") and a line with
-    the average final score, BWT, average forgetting and FWT (where measured)."""
-    arrays = _check_names(matrices, task_names)
+    the average final score, BWT, average forgetting and FWT (where measured); a model of
+    ``diverged`` (``{model: {"experience", "step", "what"}}``) gets one line saying where it diverged."""
+    arrays = _check_names(matrices, task_names) if matrices else {}
     lines = []
+    for model, d in (diverged or {}).items():
+        lines += [f"### {model}", "", f"diverged during {_cell(d['experience'])} at step {d['step']:,}: "
+                                      f"{_cell(d['what'])}", ""]
     for model, a in arrays.items():
         lines += [f"### {model}", "",
                   f"| {_cell(unit)} | " + " | ".join(_cell(t) for t in task_names) + " |",

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tncn import files
 from tncn.learners.backprop import backprop_grads
 
 Tensor = torch.Tensor
@@ -96,7 +97,6 @@ def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int =
 
     grid = filter_grid(weight, shape, count)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     scale = 2.0 / 100  # two screen pixels per weight at dpi 100
     fig = Figure(figsize=(grid.shape[1] * scale, grid.shape[0] * scale + (0.4 if title else 0)))
     ax = fig.subplots()
@@ -104,5 +104,5 @@ def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int =
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    files.save_figure(fig, path, bbox_inches="tight")
     return path

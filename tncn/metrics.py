@@ -59,7 +59,7 @@ class Tally:
 
     @property
     def perplexity(self) -> float:
-        return 2.0 ** self.bpc
+        return perplexity(self.bpc)
 
     @property
     def accuracy(self) -> float:
@@ -67,6 +67,14 @@ class Tally:
 
     def to_list(self) -> list:
         return [self.total, self.scored, self.correct]
+
+
+def perplexity(bpc: float) -> float:
+    """2^BPC; infinite past the largest float (BPC above 1024), NaN for NaN."""
+    try:
+        return 2.0 ** bpc
+    except OverflowError:
+        return math.inf
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tncn.guard import Watch, check_loss, check_weights
 from tncn.layers import Dense
 
 Tensor = torch.Tensor
@@ -116,6 +117,7 @@ def fit(
     angle_every: int = 0,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = tqdm.write,
+    baseline: Optional[float] = None,
 ) -> list[dict]:
     """Train ``learner.net`` for ``epochs`` epochs; return the per-epoch curve.
 
@@ -126,6 +128,10 @@ def fit(
     batch (before the optimizer step) and averaged over the epoch. ``seconds`` in the curve
     counts the training steps only, not validation or diagnostics. ``progress``: a tqdm bar
     (``None``: only when stderr is a terminal).
+
+    The divergence guard (``tncn.guard``) runs after every epoch: a non-finite training loss or
+    weight, or a validation error worse than ``baseline`` (the majority class's) after an earlier
+    one was better, raises ``Diverged`` naming the epoch.
     """
     from tncn.diagnostics import update_angles  # diagnostics import this module
 
@@ -135,6 +141,7 @@ def fit(
     n = len(x_train)
     steps = math.ceil(n / batch_size)
     curve = []
+    watch = Watch(baseline, unit="epoch", name="the validation error")
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -164,6 +171,8 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         train_loss = loss_sum.item() / n
+        check_loss(train_loss, epoch, net, unit="epoch")
+        check_weights(net, epoch, unit="epoch")
         point = dict(epoch=epoch, train_loss=train_loss, valid_error=error_rate(net, *valid), seconds=seconds)
         if angle_sums is not None:
             point["angles"] = [a / angle_count for a in angle_sums]
@@ -176,7 +185,5 @@ def fit(
         if "discrepancy" in point:
             extra += f" | discrepancy {point['discrepancy']:.4g}"
         log(f"epoch {epoch}: loss {train_loss:.4f}, valid error {100 * point['valid_error']:.2f}% ({seconds:.1f} s){extra}")
-        if not math.isfinite(train_loss):
-            log(f"epoch {epoch}: the training loss is {train_loss}; stopping")
-            break
+        watch.check(point["valid_error"], epoch)
     return curve

@@ -1,9 +1,11 @@
 """Run folders of ``tncn train`` and loading a trained sequence model back.
 
 A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON object per
-validation, see ``tncn.train.fit``), ``checkpoint.pt``, ``curves.png`` (the score against training
-tokens and against wall time) and, for video, ``frames.png`` (true and predicted frames of a test
-sequence). The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only:
+validation, see ``tncn.train.fit``; non-finite numbers as ``null``), ``checkpoint.pt`` (the
+latest, saved at each validation), ``best.pt`` (the checkpoint of the best validation so far),
+``curves.png`` (the score against training tokens and against wall time) and, for video,
+``frames.png`` (true and predicted frames of a test sequence). Every file is written atomically
+(``tncn.files``); ``clean`` removes the temporary files a kill left behind. The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only:
 ``config``, ``vocab`` (``Vocabulary.to_dict``, or ``FrameSpace.to_dict`` for video), ``learner``
 (the learner's state_dict: model, optimizer, carried state, its RNG), ``progress``
 (``tncn.train.Progress``) and ``rng`` (the global torch RNG states).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,7 +23,7 @@ import torch
 
 from sequences import text, video
 from sequences.vocab import Vocabulary
-from tncn import checkpoint
+from tncn import checkpoint, files
 from tncn.errors import UserError
 from tncn.metrics import METRICS
 from tncn.options import OptionError
@@ -28,7 +31,8 @@ from tncn.temporal import build_learner, learner_class
 from tncn.train import Progress
 
 KIND = "sequence"
-FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, "curves.png", "frames.png")
+BEST = "best.pt"
+FILES = ("config.json", "metrics.jsonl", checkpoint.FILENAME, BEST, "curves.png", "frames.png")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,23 +120,46 @@ def save(out: Path, config: dict, vocab: Vocabulary, learner, progress: Progress
         "progress": progress.to_dict(), "rng": checkpoint.rng_state()}, KIND)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def keep_best(out: Path) -> None:
+    """Make ``best.pt`` the checkpoint just saved: a hard link where the file system has them (no
+    copy; ``checkpoint.pt`` is later replaced by a new file and the link keeps this one), else a copy."""
+    src, dst = out / checkpoint.FILENAME, out / BEST
+    link = out / f"{BEST}.link{files.TMP}"
+    link.unlink(missing_ok=True)
+    try:
+        os.link(src, link)
+        os.replace(link, dst)
+    except OSError:
+        link.unlink(missing_ok=True)
+        with files.atomic(dst) as fh, open(src, "rb") as fs:
+            shutil.copyfileobj(fs, fh)
+
+
+def unstarted(out: Path) -> bool:
+    """``out`` is a run folder whose run never saved a checkpoint (it was stopped or killed before
+    its first validation): it holds nothing but the run's own files and their temporaries."""
+    if not out.is_dir() or (out / checkpoint.FILENAME).exists():
+        return False
+    ours = tuple(f"{name}." for name in FILES)
+    return all(f.name in FILES or (f.name.startswith(ours) and f.name.endswith(files.TMP)) for f in out.iterdir())
+
+
+def clean(out: Path) -> list:
+    """Remove the temporary files of the run's own files that a kill left in ``out``."""
+    return files.clean(out, FILES)
 
 
 def write_config(out: Path, config: dict) -> None:
-    _write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    files.write_json(out / "config.json", config)
 
 
 def write_metrics(out: Path, records: list) -> None:
-    _write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    files.write_text(out / "metrics.jsonl", "".join(files.dumps(r) + "\n" for r in records))
 
 
 def append_metric(out: Path, record: dict) -> None:
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(files.dumps(record) + "\n")
 
 
 def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baseline: Optional[float] = None,
@@ -153,9 +180,7 @@ def plot_curves(out: Path, records: list, unit: str = "bits per symbol", baselin
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
         ax.legend()
-    tmp = out / "curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, out / "curves.png")
+    files.save_figure(fig, out / "curves.png")
 
 
 def plot_frames(path: Path, learner, data, split: str = "test", index: int = 0, correction: bool = True) -> None:
@@ -165,4 +190,4 @@ def plot_frames(path: Path, learner, data, split: str = "test", index: int = 0, 
     T, rows, cols = clip.shape
     predicted = learner.predict_frames(torch.from_numpy(clip.reshape(T, -1)), correction=correction)
     title = f"{learner.label}: {data.source} {split} sequence {index}, true (top) and predicted (bottom)"
-    video.save_frames_png(path, clip, predicted.numpy().reshape(T, rows, cols), title=title)
+    files.save_figure(video.frames_figure(clip, predicted.numpy().reshape(T, rows, cols), title=title), path)

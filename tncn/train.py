@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from tncn.errors import UserError
+from tncn.guard import Diverged, Watch, check_loss, check_weights
 from tncn.metrics import METRICS, Tally
 
 BUDGET_KEYS = ("steps", "epochs", "minutes", "tokens")
@@ -116,7 +117,7 @@ class Progress:
 def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int = 0,
         progress: Optional[Progress] = None, on_record: Optional[Callable[[dict, Progress], None]] = None,
         should_stop: Callable[[], bool] = lambda: False, until: Optional[Callable[[Progress], bool]] = None,
-        bar: bool = True) -> tuple[Progress, bool]:
+        bar: bool = True, baseline: Optional[float] = None) -> tuple[Progress, bool]:
     """Train until ``budget`` is spent or ``until(progress)`` is true (at least one of the two);
     validate on ``valid`` every ``eval_every`` steps and at the end (``valid`` None: never).
 
@@ -127,6 +128,12 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
     end-of-run record when it falls between periodic ones) and calls ``on_record(record,
     progress)``. ``should_stop`` is asked between batches (e.g. after Ctrl-C). Returns the progress
     and whether the run was stopped early (then without a final validation).
+
+    The divergence guard (``tncn.guard``) raises ``Diverged`` when a step's training loss is not
+    finite, when a weight is not finite at a validation (before ``on_record``, so nothing
+    non-finite is ever recorded or saved; the exception carries the record), or when a validation
+    score is not finite or is worse than ``baseline`` (the no-context score) after an earlier one
+    was better.
     """
     from tqdm.auto import tqdm
 
@@ -142,6 +149,7 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
     session = (p.tokens, p.train_s)
     stopped = False
     metric = learner.metric
+    watch = Watch(baseline).replay(r[f"valid_{metric}"] for r in p.records)
 
     def done() -> bool:
         return (budget is not None and budget.spent(p)) or (until is not None and until(p))
@@ -158,7 +166,13 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
         rec["tokens_per_s"] = round((p.tokens - p.mark[0]) / dt, 1) if dt > 0 else None
         if final:
             rec["final"] = True
-        else:
+        try:
+            check_weights(learner.model, p.step)
+            watch.check(v.mean, p.step)
+        except Diverged as err:
+            err.record = rec
+            raise
+        if not final:
             p.running, p.mark = Tally().to_list(), [p.tokens, p.train_s]
         p.records.append(rec)
         if on_record is not None:
@@ -176,6 +190,7 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
                 p.elapsed_s = t1 - clock
                 p.step, p.batch, p.tokens = p.step + 1, p.batch + 1, p.tokens + batch.n_tokens
                 p.running = (Tally(*p.running) + stats).to_list()
+                check_loss(stats.total, p.step, learner.model)
                 pbar.update(1)
                 rate = (p.tokens - session[0]) / max(p.train_s - session[1], 1e-9)
                 pbar.set_postfix_str(f"{rate:,.0f} tok/s, {metric} {Tally(*p.running).mean:.3f}", refresh=False)
@@ -198,16 +213,19 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
 
 
 def fit_marks(learner, train, minutes: Optional[float] = None, tokens: Optional[int] = None, points: int = 1,
-              on_mark: Callable[[Progress], None] = lambda p: None) -> Progress:
+              on_mark: Callable[[Progress], None] = lambda p: None, progress: Optional[Progress] = None) -> Progress:
     """Train for ``minutes`` of training time (time inside ``train_segment``; scoring at the marks
     excluded) or ``tokens`` training symbols (exactly one), stopping at ``points`` evenly spaced
-    marks of that budget and calling ``on_mark(progress)`` at each (the last at its end)."""
+    marks of that budget and calling ``on_mark(progress)`` at each (the last at its end). The
+    guard of ``fit`` runs, and the weights are checked before each mark. ``progress``: a fresh
+    ``Progress`` to fill (it then shows how far a run got when the guard stopped it)."""
     if (minutes is None) == (tokens is None):
         raise ValueError("give exactly one of minutes or tokens")
     total, used = ((60.0 * minutes, lambda p: p.train_s) if minutes is not None else (tokens, lambda p: p.tokens))
-    p = Progress()
+    p = progress if progress is not None else Progress()
     for k in range(1, points + 1):
         mark = total * k / points
         fit(learner, train, None, progress=p, until=lambda p: used(p) >= mark, bar=False)
+        check_weights(learner.model, p.step)
         on_mark(p)
     return p

@@ -28,12 +28,13 @@ def run(args) -> int:
     device = runs.resolve_device(o.get("device", "cpu"))
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    json_path = flags.output_file(args.json, "--json")
     if "threads" in o:
         torch.set_num_threads(o["threads"])
     result = bench.run_all(str(device), args.repeats, args.quick, progress=lambda m: print(m, flush=True))
     print()
     print(bench.format_table(result))
-    if args.json:
-        bench.save_json(result, args.json)
+    if json_path:
+        bench.save_json(result, json_path)
         print(f"\nwrote {args.json}")
     return 0

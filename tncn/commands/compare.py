@@ -26,7 +26,10 @@ Writes ``DIR/results.json`` (per model: ``params``, ``hidden``, ``tokens_per_s``
 ``tncn.bench.peak_mb``), ``valid_bpc`` (``valid_bce``) as a curve against training tokens and
 seconds, ``test_bpc`` (``test_bce``)), ``DIR/bpc_vs_time.png``, ``DIR/bpc_vs_tokens.png``
 (``bce_vs_...`` for video) and ``DIR/table.md``, and prints the table. ``results.json`` is
-rewritten after each model, so an interrupted run keeps the finished ones.
+rewritten after each model, so an interrupted run keeps the finished ones. A model whose training
+diverges (``tncn.guard``: a non-finite loss, weight or score, or a validation score back above the
+no-context baseline) stops there: the table says "diverged at step N" in place of its scores, and
+``results.json`` holds ``diverged`` (the step and what went wrong) and the curve up to then.
 
 ``--memory``: instead, the peak memory of one training pass over a single sequence of each length
 in ``--lengths`` (random ids of the data's vocabulary, ``--batch-size`` rows) for each model, the
@@ -36,16 +39,15 @@ baselines with full BPTT unless ``--bptt`` says otherwise, each pass in a fresh 
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from tncn import bench, isolate, runs
+from tncn import bench, files, isolate, runs
 from tncn.commands import flags, sizing
 from tncn.errors import UserError
+from tncn.guard import Diverged, Watch
 from tncn.metrics import METRICS
 from tncn.options import INT, WIDTHS, Option, positive
 from tncn.temporal import build_learner, learner_class
@@ -110,24 +112,31 @@ def train_one(task: dict) -> dict:
     curve = {"tokens": [], "seconds": [], "wall_seconds": [], metric: []}
     start = time.perf_counter()
     base = bench.peak_mb(device, reset=True)
+    watch = Watch(task["baseline"])
 
     def point(p):
         v = evaluate(learner, valid)
+        watch.check(v.mean, p.step)
         for key, value in (("tokens", p.tokens), ("seconds", round(p.train_s, 3)),
                            ("wall_seconds", round(time.perf_counter() - start, 3)), (metric, v.mean)):
             curve[key].append(value)
         print(f"{task['kind']}: {p.tokens:,} tokens, {p.train_s:.0f} s of training: valid {v.mean:.4f}", flush=True)
 
-    point(Progress())
-    p = fit_marks(learner, train, task["minutes"], task["tokens"], task["points"], point)
+    p, diverged = Progress(), None
+    try:
+        point(p)
+        fit_marks(learner, train, task["minutes"], task["tokens"], task["points"], point, progress=p)
+    except Diverged as err:  # the table says so; the curve keeps the finite points before it
+        print(f"{task['kind']}: {err}", flush=True)
+        diverged = err.to_dict()
     peak = bench.peak_mb(device)
-    t = evaluate(learner, test)
+    t = evaluate(learner, test) if diverged is None else None
     return dict(kind=task["kind"], options=task["options"], params=learner.n_weights(),
                 hidden=list(task["options"]["hidden"]), tokens=p.tokens, steps=p.step, train_s=round(p.train_s, 3),
                 tokens_per_s=round(p.tokens / p.train_s, 1) if p.train_s else None,
-                peak_memory_mb=round(peak - base, 1), peak_rss_mb=round(peak, 1),
-                **{f"valid_{metric}": curve, f"test_{metric}": t.mean},
-                **({"test_accuracy": t.accuracy} if metric == "bpc" else {}))
+                peak_memory_mb=round(peak - base, 1), peak_rss_mb=round(peak, 1), diverged=diverged,
+                **{f"valid_{metric}": curve, f"test_{metric}": t.mean if t else None},
+                **({"test_accuracy": t.accuracy if t else None} if metric == "bpc" else {}))
 
 
 # --------------------------------------------------------------------------- the command
@@ -175,13 +184,13 @@ def run(args) -> int:
                   baseline=corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts), models={})
     for kind in models:
         print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
-        task = dict(common, kind=kind, options=options[kind], minutes=budget.get("minutes"),
+        task = dict(common, kind=kind, options=options[kind], baseline=result["baseline"], minutes=budget.get("minutes"),
                     tokens=budget.get("tokens"), points=own["points"], valid_lines=own["valid_lines"])
         result["models"][kind] = isolate.run("tncn.commands.compare:train_one", task, o["threads"], kind)
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        files.write_json(out / "results.json", result)
     plot_curves(out, result)
     table = format_table(result)
-    (out / "table.md").write_text(table + "\n")
+    files.write_text(out / "table.md", table + "\n")
     print(table)
     print(f"results in {out}")
     return 0
@@ -201,7 +210,7 @@ def _run_memory(out: Path, models: list, options: dict, size: int, common: dict,
             print(f"== {kind}, T = {T:,}", flush=True)
             entry["rows"][str(T)] = bench.peak_memory_mb(kind, opts, T, common["batch_size"], size, frames,
                                                          common["device"], common["seed"], common["threads"])
-        (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
+        files.write_json(out / "memory.json", result)
     plot_memory(out, result)
     table = format_memory_table(result)
     print(table)
@@ -227,16 +236,13 @@ def format_table(result: dict) -> str:
              f"| model | widths | params | {tokens} | {tokens}/s | peak memory MB | valid {column} | test {column} |",
              "|---|---|---|---|---|---|---|---|"]
     for kind, m in result["models"].items():
+        if m.get("diverged"):
+            scores = f"diverged at step {m['diverged']['step']:,} | diverged"
+        else:
+            scores = f"{m[f'valid_{metric}'][metric][-1]:.4f} | {m[f'test_{metric}']:.4f}"
         lines.append(f"| {kind} | {','.join(map(str, m['hidden']))} | {m['params']:,} | {m['tokens']:,} | "
-                     f"{m['tokens_per_s'] or 0:,.0f} | {m['peak_memory_mb']:,.1f} | "
-                     f"{m[f'valid_{metric}'][metric][-1]:.4f} | {m[f'test_{metric}']:.4f} |")
+                     f"{m['tokens_per_s'] or 0:,.0f} | {m['peak_memory_mb']:,.1f} | {scores} |")
     return "\n".join(lines)
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
 
 
 def plot_curves(out: Path, result: dict) -> None:
@@ -258,7 +264,7 @@ def plot_curves(out: Path, result: dict) -> None:
         ax.set_title(f"{Path(result['data']).name}, {result['protocol']} protocol", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
-        _save(fig, out / name)
+        files.save_figure(fig, out / name)
 
 
 def format_memory_table(result: dict) -> str:
@@ -290,4 +296,4 @@ def plot_memory(out: Path, result: dict) -> None:
     ax.set_ylabel("growth of peak memory (MB, floor 0.1)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    _save(fig, out / "memory_vs_length.png")
+    files.save_figure(fig, out / "memory_vs_length.png")

@@ -20,24 +20,28 @@ Sizes as in ``tncn compare`` (``--hidden`` for P-TNCN, ``--match params|hidden``
 Writes ``DIR/results.json`` (the stream, per model: options, params, R, initial scores, the
 summary, the curve), ``DIR/matrix.png`` (heat maps), ``DIR/curves.png`` (every task's score along
 the stream) and ``DIR/table.md``, and prints the table. ``results.json`` is rewritten after
-each model, so an interrupted run keeps the finished ones.
+each model, so an interrupted run keeps the finished ones. A model whose training diverges
+(``tncn.guard``: a non-finite loss, weight or test score) stops there: ``results.json`` holds
+``diverged`` (the experience, step and what went wrong) and the rows of R before it, and the
+table says so in place of its matrix.
 """
 from __future__ import annotations
 
-import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tncn import continual, runs
+from tncn import continual, files, runs
 from tncn.commands import flags, sizing
 from tncn.errors import UserError
+from tncn.guard import Diverged
 from tncn.metrics import METRICS
 from tncn.options import INT, Option, positive
 from tncn.temporal import build_learner
-from tncn.train import evaluate, fit_marks
+from tncn.train import Progress, evaluate, fit_marks
 
 MODELS = "ptncn,lstm"
 """The default ``--models``."""
@@ -105,19 +109,23 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
     tests = [d.batches("test", *args, clamp=True) for d in data]
     names = [e.name for e in experiences]
 
-    def scores() -> list:
-        return [evaluate(learner, t).mean for t in tests]
+    def scores(step: int = 0) -> list:
+        row = [evaluate(learner, t).mean for t in tests]
+        for name, score in zip(names, row):
+            if not math.isfinite(score):
+                raise Diverged(step, f"the test score on {name} is {score}")
+        return row
 
     initial = scores()
     curve = {"tokens": [0], "seconds": [0.0], "scores": {n: [s] for n, s in zip(names, initial)}, "boundaries": []}
-    R, done_tokens, done_s, legs = [], 0, 0.0, []
+    R, done_tokens, done_s, legs, diverged = [], 0, 0.0, [], None
     bar = tqdm(total=len(experiences) * points, unit="point", desc=kind, dynamic_ncols=True)
     try:
         for i, (e, d) in enumerate(zip(experiences, data)):
             train = d.batches("train", *args, seed + i)
 
             def mark(p, e=e) -> None:
-                row = scores()
+                row = scores(p.step)
                 curve["tokens"].append(done_tokens + p.tokens)
                 curve["seconds"].append(round(done_s + p.train_s, 3))
                 for n, s in zip(names, row):
@@ -125,7 +133,13 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
                 bar.update(1)
                 bar.set_postfix_str(f"{e.name}: " + ", ".join(f"{s:.3f}" for s in row), refresh=False)
 
-            p = fit_marks(learner, train, e.minutes, e.tokens, points, mark)
+            p = Progress()
+            try:
+                fit_marks(learner, train, e.minutes, e.tokens, points, mark, progress=p)
+            except Diverged as err:  # the table says so; R keeps the rows before it
+                diverged = dict(err.to_dict(), experience=e.name)
+                bar.write(f"{kind}: {err} of {e.name}", file=sys.stderr)
+                break
             row = [curve["scores"][n][-1] for n in names]
             R.append(row)
             done_tokens, done_s = done_tokens + p.tokens, done_s + p.train_s
@@ -136,8 +150,8 @@ def run_stream(kind: str, options: dict, experiences: list, data: list, vocab, s
     finally:
         bar.close()
     return dict(options=options, params=learner.n_weights(), hidden=list(options["hidden"]),
-                R=R, initial=initial, experiences=legs, curve=curve,
-                summary=continual.summarize(R, higher_is_better=False, initial=initial))
+                R=R, initial=initial, experiences=legs, curve=curve, diverged=diverged,
+                summary=None if diverged else continual.summarize(R, higher_is_better=False, initial=initial))
 
 
 # --------------------------------------------------------------------------- the command
@@ -185,17 +199,19 @@ def run(args) -> int:
         result["models"][kind] = run_stream(kind, options[kind], experiences, data, vocab, settings,
                                             points, device, o["seed"])
         result["models"][kind]["wall_s"] = round(time.perf_counter() - t0, 1)
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    matrices = {k: m["R"] for k, m in result["models"].items()}
-    continual.plot_matrix(out / "matrix.png", matrices, names, METRICS[metric].unit)
+        files.write_json(out / "results.json", result)
+    matrices = {k: m["R"] for k, m in result["models"].items() if not m["diverged"]}
+    if matrices:
+        continual.plot_matrix(out / "matrix.png", matrices, names, METRICS[metric].unit)
     curves = {k: m["curve"] for k, m in result["models"].items()}
     continual.plot_curves(out / "curves.png", curves, names, METRICS[metric].unit)
     table = continual.format_table({k: m["summary"] for k, m in result["models"].items()}, matrices, names,
-                                   METRICS[metric].short)
+                                   METRICS[metric].short,
+                                   {k: m["diverged"] for k, m in result["models"].items() if m["diverged"]})
     budgets = "; ".join(f"{e.name}: " + (f"{e.minutes:g} min" if e.minutes is not None else f"{e.tokens:,} tokens")
                         for e in experiences)
     table = f"stream {' → '.join(names)} (budgets {budgets}; test-split {METRICS[metric].unit}, lower is better)\n\n" + table
-    (out / "table.md").write_text(table + "\n")
+    files.write_text(out / "table.md", table + "\n")
     print(table)
     print(f"results in {out}")
     return 0

@@ -8,21 +8,26 @@ bouncing-MNIST model): zero-shot adaptation (Ororbia et al. 2020, §V): with ``-
 on`` (default) P-TNCN still error-corrects its states with each observation after scoring it,
 ``off`` carries the uncorrected hypothesis instead. Weights never change, and this is checked:
 every parameter and buffer is compared bit for bit before and after (``weights_unchanged``).
-``--json FILE`` writes the same numbers as one JSON object; ``--frames-png FILE`` (video) draws
-the first sequence of the split with its predictions.
+``--json FILE`` writes the same numbers as one JSON object (with ``unknown_share``, the share of
+symbols unknown to the model; above 5 % a warning says the score means little: every unknown
+symbol is read and scored as the one unknown token); ``--frames-png FILE`` (video) draws the first
+sequence of the split with its predictions.
 """
 from __future__ import annotations
 
-import json
+import sys
 import time
-from pathlib import Path
 
 import torch
 
-from tncn import runs
+from tncn import files, runs
 from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.train import evaluate
+
+
+UNKNOWN_WARN = 0.05
+"""Warn when more than this share of the scored text's symbols is unknown to the model."""
 
 
 def register(sub, argv=None) -> None:
@@ -77,6 +82,7 @@ def run(args) -> int:
     batch_size = o.get("batch_size", config["batch_size"])
     if args.frames_png and not frames:
         raise UserError("--frames-png applies to models of video frames")
+    json_path, png_path = flags.output_file(args.json, "--json"), flags.output_file(args.frames_png, "--frames-png")
     corpus = runs.open_data(data, {**config, "data_root": o.get("data_root", config.get("data_root"))})
     # the segment length only sets how the stream is cut; the state is carried across segments
     batches = corpus.batches(args.split, vocab, protocol, batch_size, config["seq_len"] or 100, clamp=True)
@@ -85,8 +91,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     tally = evaluate(learner, batches, correction=correction)
     elapsed = time.perf_counter() - t0
-    if args.frames_png:
-        runs.plot_frames(Path(args.frames_png), learner, corpus, args.split, correction=correction)
+    if png_path:
+        runs.plot_frames(png_path, learner, corpus, args.split, correction=correction)
     unchanged = _unchanged(before, learner.model)
     result = dict(
         checkpoint=str(saved.path), model=config["model"], step=saved.progress.step, data=data, split=args.split,
@@ -99,15 +105,21 @@ def run(args) -> int:
         print(f"{args.split} split of {data} (frozen weights{phase}): {tally.mean:.2f} nats BCE per frame, "
               f"{result['bce_per_sequence']:.1f} per sequence, {tally.scored:,} frames scored in {n_seq:,} sequences")
     else:
-        result.update(bpc=tally.bpc, perplexity=tally.perplexity, accuracy=tally.accuracy, unknown=batches.unknown)
+        share = batches.unknown / batches.n_tokens if batches.n_tokens else 0.0
+        result.update(bpc=tally.bpc, perplexity=tally.perplexity, accuracy=tally.accuracy, unknown=batches.unknown,
+                      unknown_share=round(share, 6))
         unit = "bits/char" if vocab.level == "char" else "bits/word"
         ppl = f", perplexity {tally.perplexity:.2f}" if vocab.level == "word" else ""
         print(f"{args.split} split of {data} ({protocol} protocol{phase}): "
               f"{tally.bpc:.4f} {unit}{ppl}, accuracy {100 * tally.accuracy:.2f} %, {tally.scored:,} scored of "
               f"{batches.n_tokens:,} symbols, {batches.unknown:,} unknown to the model")
+        if share > UNKNOWN_WARN:
+            print(f"tncn eval: warning: {100 * share:.1f} % of the symbols of {data} are unknown to the model and "
+                  f"scored as its one unknown token, which is easy to predict: the score says little about this "
+                  f"text", file=sys.stderr)
     result.update(weights_unchanged=unchanged, elapsed_s=round(elapsed, 3))
     if not unchanged:  # a bug, never the user's doing: say it loudly
         raise RuntimeError("evaluation changed the model's weights")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if json_path:
+        files.write_json(json_path, result)
     return 0

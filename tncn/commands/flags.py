@@ -11,6 +11,7 @@ defaults to None ("not given"); ``given(args, options)`` reads and checks the on
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Optional
@@ -122,6 +123,23 @@ def peek(argv: Optional[list], *flags: str) -> argparse.Namespace:
     for flag in flags:
         p.add_argument(flag, action="store_true" if flag in ("--resume", "--force") else "store")
     return p.parse_known_args(argv or [])[0]
+
+
+def output_file(path, flag: str) -> Optional[Path]:
+    """The file a flag such as ``--json FILE`` names, checked before any work: its folder is made
+    if missing, and a folder or an unwritable place is refused in one line (None stays None)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot make its folder ({err.strerror or err})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{flag} {path}: its folder is not writable")
+    return path
 
 
 def check_out(out: Path, force: bool, resume: Optional[bool] = None) -> None:

@@ -39,7 +39,8 @@ from tncn import runs
 from tncn.checkpoint import set_rng_state
 from tncn.commands import flags
 from tncn.errors import UserError
-from tncn.metrics import unigram_entropy
+from tncn.guard import EXIT_STATUS, Diverged, check_weights
+from tncn.metrics import perplexity, unigram_entropy
 from tncn.options import INT, STR, Option, non_negative
 from tncn.temporal import LEARNERS, build_learner, learner_class
 from tncn.train import BUDGET_KEYS, Budget, Progress, fit, generate
@@ -197,15 +198,19 @@ def run(args) -> int:
         raise UserError("--resume needs --out DIR, the run folder to continue")
     if args.resume:
         out = Path(args.out)
+        if runs.unstarted(out) and not args.force:
+            raise UserError(f"--resume: the run in {out} stopped before its first checkpoint; "
+                            f"start it again without --resume")
         flags.check_out(out, args.force, resume=True)
         cls = learner_class(runs.saved_model(out) or DEFAULT_MODEL)
         runtime = {o.name: explicit[o.name] for o in cls.OPTIONS if o.runtime and o.name in explicit}
         saved = runs.load(out, explicit.get("device"), runtime)
         config = _resume_config(saved.config, explicit, out, cls)
+        _check_budget_left(config, saved.progress, explicit, out)
     else:
         config = resolve({k: v for k, v in explicit.items() if k != "preset"}, explicit.get("preset", "quick"))
         out = Path(args.out) if args.out else _default_out(config)
-        flags.check_out(out, args.force, resume=False)
+        flags.check_out(out, args.force or runs.unstarted(out), resume=False)
     device = runs.resolve_device(config["device"])
     torch.set_num_threads(config["threads"])
 
@@ -232,6 +237,8 @@ def run(args) -> int:
 
     # every check has passed: from here on the run folder is written
     out.mkdir(parents=True, exist_ok=True)
+    if runs.clean(out):
+        print(f"tncn train: removed the temporary files of a save that was killed in {out}", file=sys.stderr)
     if args.force:  # only the run's own files, so an old checkpoint cannot outlive its config
         for name in runs.FILES:
             (out / name).unlink(missing_ok=True)
@@ -243,22 +250,45 @@ def run(args) -> int:
         baseline, unit = unigram_entropy(vocab.counts), "bits/char" if corpus.level == "char" else "bits/word"
 
     plotted = [time.perf_counter()]
+    saved_at = [progress.step if args.resume else None]  # the step of the checkpoint on disk
+    key = f"valid_{learner.metric}"
 
     def plot(records: list) -> None:
         runs.plot_curves(out, records, unit.replace("/", " per "), baseline, learner.metric)
         plotted[0] = time.perf_counter()
 
-    def on_record(record: dict, p: Progress) -> None:
-        runs.append_metric(out, record)
+    def save(p: Progress) -> None:
         runs.save(out, config, vocab, learner, p)
+        saved_at[0] = p.step
+
+    def on_record(record: dict, p: Progress) -> None:  # fit has checked the weights and the score
+        save(p)
+        if record[key] <= min(r[key] for r in p.records):
+            runs.keep_best(out)
+        runs.append_metric(out, record)
         if time.perf_counter() - plotted[0] > PLOT_EVERY_S:
             plot(p.records)
 
     stop = _StopFlag()
-    with stop:
-        progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET_KEYS}),
-                                config["eval_every"], progress, on_record, stop.requested)
-    runs.save(out, config, vocab, learner, progress)
+    try:
+        with stop:
+            progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET_KEYS}),
+                                    config["eval_every"], progress, on_record, stop.requested, baseline=baseline)
+        if saved_at[0] != progress.step:  # stopped between validations
+            check_weights(learner.model, progress.step)
+            save(progress)
+    except Diverged as err:
+        if err.record is not None:
+            runs.append_metric(out, {**err.record, "diverged": err.what})
+        if progress.records:
+            plot(progress.records)
+        print(f"tncn train: {err}; {_kept(out, saved_at[0], progress.records, key)}"
+              + ("; a smaller --lr may help" if "lr" in learner.options else ""), file=sys.stderr)
+        return EXIT_STATUS
+    except KeyboardInterrupt:
+        print(f"tncn train: interrupted twice: stopped at once without saving; "
+              f"{_kept(out, saved_at[0], progress.records, key)}", file=sys.stderr)
+        return 130
     if progress.records:
         plot(progress.records)
     if stopped:
@@ -267,6 +297,10 @@ def run(args) -> int:
         return 130
 
     last = progress.records[-1]
+    if last[key] > baseline:
+        print(f"tncn train: warning: the validation score {last[key]:.4f} is worse than the no-context baseline "
+              f"{baseline:.4f}: the model has not learned yet (train longer) or its updates are too large "
+              f"(a smaller learning rate)", file=sys.stderr)
     if frames:
         print(f"validation: {last['valid_bce']:.2f} nats BCE per frame after {progress.step} steps "
               f"({progress.tokens:,} frames, {progress.elapsed_s:.0f} s); no-context baseline (every pixel "
@@ -275,7 +309,7 @@ def run(args) -> int:
         print(f"run saved in {out} (true and predicted frames of a test sequence: {out / 'frames.png'})")
         return 0
     word = corpus.level == "word"
-    ppl = f", perplexity {2 ** last['valid_bpc']:.1f}" if word else ""
+    ppl = f", perplexity {perplexity(last['valid_bpc']):.1f}" if word else ""
     print(f"validation: {last['valid_bpc']:.4f} {unit}{ppl}, accuracy {100 * last['valid_accuracy']:.1f} % "
           f"after {progress.step} steps ({progress.tokens:,} tokens, {progress.elapsed_s:.0f} s); "
           f"unigram entropy of the training text: {baseline:.4f} {unit}")
@@ -286,6 +320,34 @@ def run(args) -> int:
     print(prime + (" " if word else "") + sample)
     print(f"run saved in {out}")
     return 0
+
+
+def _check_budget_left(config: dict, p: Progress, explicit: dict, out: Path) -> None:
+    """Refuse to resume a run whose budget is spent (a smaller one than it has used, or its own
+    once it has finished): it would train nothing."""
+    budget = Budget(**{k: config.get(k) for k in BUDGET_KEYS})
+    finished = p.records and p.records[-1]["step"] == p.step
+    if not (budget.spent(p) and finished):
+        return
+    name = next(k for k in BUDGET_KEYS if config.get(k) is not None)
+    used = {"steps": f"{p.step:,} steps", "epochs": f"{p.epoch} epochs", "tokens": f"{p.tokens:,} tokens",
+            "minutes": f"{p.elapsed_s / 60:.1f} minutes"}[name]
+    if name in explicit:
+        raise UserError(f"--{name} {_show(config[name])} is no more than the run in {out} has done ({used}); "
+                        f"give a larger budget to continue it")
+    raise UserError(f"the run in {out} has finished its budget (--{name} {_show(config[name])}, {used} done); "
+                    f"give a larger one to continue it")
+
+
+def _kept(out: Path, step, records: list, key: str) -> str:
+    """What the run folder keeps after a run stopped without saving."""
+    if step is None:
+        return f"{out} holds no checkpoint yet"
+    best = min(records, key=lambda r: r[key]) if records else None
+    text = f"{out / 'checkpoint.pt'} keeps step {step:,}"
+    if best is not None and (out / runs.BEST).exists():
+        text += f", {out / runs.BEST} the best validation ({best[key]:.4f} at step {best['step']:,})"
+    return text
 
 
 class _StopFlag:

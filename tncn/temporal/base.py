@@ -71,9 +71,32 @@ def hidden_option(default: list, help: str = "widths of the layers, e.g. 256,256
 def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
     """One id from ``softmax(logits / temperature)`` (temperature 0: the most probable id)."""
     logits = logits.float().cpu()
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError("the model's predictions are not finite numbers (its weights overflowed in training), "
+                        "so nothing can be drawn from it")
     if temperature == 0:
         return int(logits.argmax())
     return int(torch.multinomial(torch.softmax(logits / temperature, dim=0), 1, generator=generator)[0])
+
+
+def load_module(module: nn.Module, state: dict) -> None:
+    """``module.load_state_dict(state)``, or a one-line ValueError naming the missing, unexpected
+    and misshapen tensors."""
+    own = module.state_dict()
+
+    def names(keys: list) -> str:
+        return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} where the model has {tuple(own[k].shape)}" for k in own
+              if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
+    problems = ([f"missing {names(missing)}"] if missing else []) + \
+               ([f"unexpected {names(unexpected)}"] if unexpected else []) + \
+               ([f"saved {names(shapes)}"] if shapes else [])
+    if problems:
+        raise ValueError(f"the saved weights do not fit a {type(module).__name__}: {'; '.join(problems)}")
+    module.load_state_dict(state)
 
 
 class SequenceLearner(abc.ABC):
@@ -247,7 +270,7 @@ class SequenceLearner(abc.ABC):
                 "generator": gen}
 
     def load_state_dict(self, d: dict) -> None:
-        self.model.load_state_dict(d["model"])
+        load_module(self.model, d["model"])
         self._opt.load_state_dict(d["optimizer"])
         self._mode, self._stash = "train", None
         self.load_carry_state(d["carry"])
