@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from tncn import space
 from tncn.options import FLOAT, STR, Option, OptionError, non_negative, optional, positive
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
@@ -29,11 +30,28 @@ MOMENTUM = 0.95
 KEYS = ("optimizer", "lr", "momentum", "weight_decay")
 
 
-def optimizer_options(optimizer: str = "adam", lr: float = 1e-3) -> tuple[Option, ...]:
-    """The declared optimizer options, with a learner's own default optimizer and learning rate."""
+LR_RANGES = {"sgd": (0.005, 0.5), "momentum": (0.005, 0.3), "nesterov": (0.005, 0.3), "adam": (1e-4, 1e-2),
+             "rmsprop": (1e-4, 1e-2)}
+"""The learning rates ``tncn tune`` searches for each optimizer by default (log scale)."""
+
+
+def optimizer_options(optimizer: str = "adam", lr: float = 1e-3, tune: tuple = (),
+                      lr_range: Optional[tuple] = None) -> tuple[Option, ...]:
+    """The declared optimizer options, with a learner's own default optimizer and learning rate.
+
+    Their search space (``tncn.space``): the optimizers ``tune`` (default: only ``optimizer``),
+    each with its learning-rate range (``LR_RANGES``; ``lr_range`` for the default optimizer)."""
+    tune = tuple(tune) or (optimizer,)
+    ranges = {name: (lr_range if name == optimizer and lr_range else LR_RANGES[name]) for name in tune}
+    if len(tune) > 1:
+        optimizer_space = space.choice(*tune, then={name: {"lr": space.log_range(*r)} for name, r in ranges.items()})
+        lr_space = None
+    else:
+        optimizer_space, lr_space = None, space.log_range(*ranges[optimizer])
     return (
-        Option("optimizer", STR, optimizer, "the optimizer that applies the updates", choices=OPTIMIZERS),
-        Option("lr", FLOAT, lr, "learning rate", check=positive),
+        Option("optimizer", STR, optimizer, "the optimizer that applies the updates", choices=OPTIMIZERS,
+               space=optimizer_space),
+        Option("lr", FLOAT, lr, "learning rate", check=positive, space=lr_space),
         Option("momentum", optional(FLOAT), None,
                f"momentum of sgd, momentum and nesterov (none: {MOMENTUM} for momentum and nesterov, 0 for sgd)",
                check=lambda v: None if v is None or 0 <= v < 1 else "must be in [0, 1)"),

@@ -169,7 +169,8 @@ class Option:
     """One declared option (see the module docstring).
 
     ``runtime``: it says how the model runs, not what it computes (``compile``), so a resumed
-    run may change it."""
+    run may change it. ``space``: the range ``tncn tune`` searches by default (``tncn.space``;
+    None: not tuned)."""
 
     name: str
     kind: Kind
@@ -178,6 +179,7 @@ class Option:
     choices: Optional[tuple] = None
     check: Optional[Callable[[Any], Optional[str]]] = None
     runtime: bool = False
+    space: Optional[dict] = None
 
     @property
     def flag(self) -> str:

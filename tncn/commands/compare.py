@@ -84,7 +84,8 @@ def register(sub, argv=None) -> None:
 
 # --------------------------------------------------------------------------- one model, in a child process
 
-def _batches(task: dict):
+def batches_of(task: dict):
+    """The corpus, vocabulary and train, valid, test batches a compare (or tune) task reads."""
     corpus = runs.open_data(task["data"], task)
     if task.get("valid_lines") and corpus.level != "frames":
         corpus.lines["valid"] = corpus.lines["valid"][:task["valid_lines"]]
@@ -103,7 +104,7 @@ def _import_optimizers() -> None:
 def train_one(task: dict) -> dict:
     """Train one model for the budget; its curve, speed, peak memory and test score (what the
     child process of each model runs)."""
-    _, vocab, train, valid, test = _batches(task)
+    _, vocab, train, valid, test = batches_of(task)
     device = runs.resolve_device(task["device"])
     torch.manual_seed(task["seed"])
     learner = build_learner(task["kind"], task["options"], len(vocab), device, task["seed"], vocab.level == "frames")

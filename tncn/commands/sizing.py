@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from tncn import presets
 from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.options import INT, STR, WIDTHS, Option, OptionError, either, find, positive
@@ -35,6 +36,9 @@ def add_flags(group, models: str) -> None:
     flags.add(group, _flags(models))
     group.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
                        help="an option of one model, e.g. lstm:lr=0.002 or ptncn:optimizer=adam (repeatable)")
+    group.add_argument("--preset", action="append", default=[], metavar="MODEL=FILE",
+                       help="one model's options from a preset file (tncn tune's best_preset.json), under --set; "
+                            "its widths are left to the sizing (repeatable)")
 
 
 def read(args, models: str) -> dict:
@@ -42,7 +46,17 @@ def read(args, models: str) -> dict:
     ``match`` and ``bptt`` (what ``plan`` takes)."""
     o = flags.values(args, _flags(models))
     o["models"] = model_list(o["models"])
-    o["sets"] = parse_sets(args.set, o["models"])
+    sets = parse_sets(args.set, o["models"])
+    for item in getattr(args, "preset", []):
+        model, eq, path = item.partition("=")
+        if not eq or model not in o["models"]:
+            raise UserError(f"--preset takes MODEL=FILE with MODEL one of --models ({', '.join(o['models'])}), "
+                            f"got {item!r}")
+        saved, options, _ = presets.load(path)
+        if saved != model:
+            raise UserError(f"--preset {item}: the file holds options of {saved}, not of {model}")
+        sets[model] = {**{k: v for k, v in options.items() if k != "hidden"}, **sets[model]}
+    o["sets"] = sets
     return o
 
 

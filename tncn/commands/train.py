@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from sequences import text, video
-from tncn import runs
+from tncn import presets, runs
 from tncn.checkpoint import set_rng_state
 from tncn.commands import flags
 from tncn.errors import UserError
@@ -48,7 +48,7 @@ from tncn.train import BUDGET_KEYS, Budget, Progress, fit, generate
 PRESETS = {
     # the quick default: learns within a few minutes on 2 CPU cores (measured in the issue 3 note);
     # P-TNCN trains faster there with Adam than with its reference Nesterov SGD
-    "quick": dict(hidden=[128, 128], steps=400, eval_every=100, ptncn=dict(optimizer="adam", lr=2e-3)),
+    "quick": dict(hidden=[128, 128], steps=400, eval_every=100),
     # the paper's PTB settings (Ororbia et al. 2020; the official code); the optimizer is each
     # learner's own default (P-TNCN's is the reference Nesterov SGD, lr 0.075, momentum 0.95)
     "reference": dict(protocol="lines", batch_size=50, hidden=[1000, 1000], epochs=1, eval_every=0),
@@ -57,8 +57,11 @@ PRESETS = {
 options of that learner only."""
 DEFAULT_MODEL = "ptncn"
 OWN = (Option("eval_every", INT, 0, "validate every N steps; 0: only at the end", check=non_negative),
-       Option("preset", STR, "quick", "options not given on the command line come from this preset: quick, or "
-                                      "reference (the paper's settings)", choices=tuple(PRESETS)))
+       Option("preset", STR, "quick", "options not given on the command line come from this preset: quick, "
+                                      "reference (the paper's settings), or a preset file (tncn tune's "
+                                      "best_preset.json: its learner options over the quick run settings)",
+              check=lambda v: None if v in PRESETS or presets.is_file(v)
+              else f"must be one of {', '.join(PRESETS)} or a preset file (.json)"))
 RUN_KEYS = ("data", "data_root", "level", "protocol", "seq_len", "batch_size", "model", *BUDGET_KEYS,
             "eval_every", "seed", "device", "threads")
 """The run's own keys in config.json (video runs add ``flags.VIDEO``), before the learner's options."""
@@ -68,9 +71,14 @@ PLOT_EVERY_S = 60.0  # curves.png is redrawn at most this often during a run, an
 
 def _model_in(argv) -> str:
     """The learner a command line trains: ``--model``, else the saved run's for ``--resume``."""
-    seen = flags.peek(argv, "--model", "--out", "--resume")
+    seen = flags.peek(argv, "--model", "--out", "--resume", "--preset")
     if seen.model:
         return seen.model
+    if seen.preset and presets.is_file(seen.preset):
+        try:
+            return presets.load(seen.preset)[0]
+        except UserError:  # said again, in one line, when the command runs
+            return DEFAULT_MODEL
     if seen.resume and seen.out:
         return runs.saved_model(Path(seen.out)) or DEFAULT_MODEL
     return DEFAULT_MODEL
@@ -121,11 +129,20 @@ def _explicit(args) -> dict:
 
 
 def resolve(explicit: dict, preset: str) -> dict:
-    """The run's options: the learner's defaults < the run defaults < the preset < the command line."""
+    """The run's options: the learner's defaults < the run defaults < the preset < the command line.
+
+    A preset file gives learner options over the quick preset's run settings."""
+    own = {}
+    if presets.is_file(preset):
+        model, own, _ = presets.load(preset)
+        if explicit.get("model", model) != model:
+            raise UserError(f"--preset {preset} holds options of {model}, not of --model {explicit['model']}")
+        explicit = {"model": model, **explicit}
+    base = PRESETS["quick"] if own or presets.is_file(preset) else PRESETS[preset]
     cls = learner_class(explicit.get("model", DEFAULT_MODEL))
     is_video = video.is_video(explicit.get("data", flags.FLAGS["data"].default))
     keys = [*RUN_KEYS, *(flags.VIDEO if is_video else ())]
-    items = {**PRESETS[preset], **PRESETS[preset].get(cls.name, {})}
+    items = {**base, **base.get(cls.name, {}), **own}
     chosen = {k: v for k, v in items.items() if k in keys or k in cls.defaults()}
     if any(k in explicit for k in BUDGET_KEYS):
         chosen = {k: v for k, v in chosen.items() if k not in BUDGET_KEYS}

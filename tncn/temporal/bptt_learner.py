@@ -37,6 +37,7 @@ from torch import nn
 from tncn.layers import differentiable_activations
 from tncn.metrics import Tally
 from tncn.optim import optimizer_options
+from tncn import space
 from tncn.options import FLOAT, INT, STR, Option, either, non_negative, optional, positive
 from tncn.temporal import bptt
 from tncn.temporal.base import SequenceLearner, hidden_option
@@ -58,7 +59,8 @@ class BPTTLearner(SequenceLearner):
         Option("embed", optional(INT), None, "embedding width (none: the first hidden width)", check=positive),
         Option("bptt", either("full", INT), "full", "full: one backward per batch; K: truncated BPTT, windows of K steps",
                check=lambda v: None if v == "full" else positive(v)),
-        Option("clip_grad", FLOAT, 5.0, "clip the total gradient norm to this (0: off)", check=non_negative),
+        Option("clip_grad", FLOAT, 5.0, "clip the total gradient norm to this (0: off)", check=non_negative,
+               space=space.log_range(0.5, 20.0)),
         *optimizer_options("adam", 1e-3),
     )
 

@@ -40,6 +40,7 @@ from torch import nn
 from tncn.layers import Dense, grad_buffer, init_weight
 from tncn.metrics import Tally
 from tncn.optim import optimizer_options
+from tncn import space
 from tncn.options import FLOAT, Option, in_range, positive
 from tncn.temporal.base import SequenceLearner, hidden_option
 
@@ -111,13 +112,16 @@ class ESN(SequenceLearner):
     depth = 1
     OPTIONS = (
         hidden_option([1000], "widths of the reservoirs (one: the classic ESN; more: stacked reservoirs)"),
-        Option("leak", FLOAT, 1.0, "leak rate a of the units (1: none)", check=in_range(0.0, 1.0)),
-        Option("spectral_radius", FLOAT, 0.9, "spectral radius of each reservoir matrix", check=positive),
-        Option("input_scaling", FLOAT, 3.0, "s, the scale of the input weights (see tncn.temporal.esn)", check=positive),
+        Option("leak", FLOAT, 1.0, "leak rate a of the units (1: none)", check=in_range(0.0, 1.0),
+               space=space.float_range(0.1, 1.0)),
+        Option("spectral_radius", FLOAT, 0.9, "spectral radius of each reservoir matrix", check=positive,
+               space=space.float_range(0.5, 1.2)),
+        Option("input_scaling", FLOAT, 3.0, "s, the scale of the input weights (see tncn.temporal.esn)", check=positive,
+               space=space.log_range(0.3, 10.0)),
         Option("density", FLOAT, 0.1, "share of nonzero reservoir weights", check=in_range(0.0, 1.0)),
         # Adam moves each readout weight by about lr per step, so a logit by about lr times the
         # summed state: wide reservoirs want a small lr (1e-3 was unstable at 2,430 units on PTB)
-        *optimizer_options("adam", 3e-4),
+        *optimizer_options("adam", 3e-4, lr_range=(3e-5, 3e-3)),
     )
 
     def __init__(self, *args, **kwargs):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from tncn.layers import ACTIVATIONS, INITIALISERS
+from tncn import space
 from tncn.metrics import Tally
 from tncn.optim import optimizer_options
 from tncn.options import BOOL, FLOAT, INT, STR, Option, argument, at_least, non_negative, optional, positive
@@ -33,19 +34,25 @@ def _model_option(name: str, kind, help: str, **kw) -> Option:
 
 MODEL_OPTIONS = (
     _model_option("activation", STR, "state activation f", choices=_NAMES),
-    _model_option("beta", FLOAT, "β, the state-correction rate"),
-    _model_option("alpha", FLOAT, "α, weight of a layer's own error in its correction"),
+    _model_option("beta", FLOAT, "β, the state-correction rate", space=space.log_range(0.02, 0.5)),
+    _model_option("alpha", FLOAT, "α, weight of a layer's own error in its correction",
+                  space=space.log_range(1e-4, 0.1)),
     _model_option("gamma", FLOAT, "γ, the error-weight learning factor"),
-    _model_option("K", INT, "error-correction iterations per step", check=at_least(1)),
-    _model_option("e_rule", STR, "rule of the error weights E: ΔE = γΔWᵀ, or the temporal rule", choices=E_RULES),
-    _model_option("hidden_prediction", STR, "activation on the predictions of hidden layers", choices=_NAMES),
-    _model_option("w_error", STR, "error driving the hidden prediction weights: ε = z − y, or e", choices=W_ERRORS),
+    _model_option("K", INT, "error-correction iterations per step", check=at_least(1), space=space.int_range(1, 4)),
+    _model_option("e_rule", STR, "rule of the error weights E: ΔE = γΔWᵀ, or the temporal rule", choices=E_RULES,
+                  space=space.choice(*E_RULES)),
+    _model_option("hidden_prediction", STR, "activation on the predictions of hidden layers", choices=_NAMES,
+                  space=space.choice("identity", "tanh")),
+    _model_option("w_error", STR, "error driving the hidden prediction weights: ε = z − y, or e", choices=W_ERRORS,
+                  space=space.choice(*W_ERRORS)),
     _model_option("top_down", BOOL, "top-down weights U"),
     _model_option("sparsity", FLOAT, "λ of the lateral sparsity penalty (0: off)", check=non_negative),
-    _model_option("clip", optional(FLOAT), "Frobenius-norm clip of each summed update", check=positive),
+    _model_option("clip", optional(FLOAT), "Frobenius-norm clip of each summed update", check=positive,
+                  space=space.log_range(0.1, 10.0)),
     _model_option("max_norm", optional(FLOAT), "bound on every weight row's norm", check=positive),
     _model_option("init", STR, "weight initialiser", choices=tuple(INITIALISERS)),
-    _model_option("init_std", FLOAT, "standard deviation of the initial weights", check=non_negative),
+    _model_option("init_std", FLOAT, "standard deviation of the initial weights", check=non_negative,
+                  space=space.log_range(0.01, 0.2)),
     _model_option("e_init_std", FLOAT, "standard deviation of the initial error weights E", check=non_negative),
 )
 
@@ -57,7 +64,7 @@ class PTNCNLearner(SequenceLearner):
     label = "P-TNCN"
     has_correction = True
     OPTIONS = (hidden_option([1000, 1000], "widths of the latent layers, any L ≥ 1 (the reference: 1000,1000)"),
-               *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075),
+               *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075, tune=("nesterov", "adam")),
                Option("compile", BOOL, False, "run each training step as one torch.compile graph (compiling takes "
                                               "up to a minute; the same numbers up to float rounding)", runtime=True))
 
