@@ -342,3 +342,30 @@ def test_alignment_table_rows():
             assert rows["fa, transpose feedback"][k] == pytest.approx(v, abs=1e-4)
     with pytest.raises(ValueError, match="no forward weight"):
         local_update(model, ids, score, "dfa", "transpose")
+
+
+@pytest.mark.parametrize("kind", ["rnn", "elman"])
+def test_lr_width_scales_the_step_of_wide_matrices_by_fan_in(kind):
+    """lr_width w: a matrix summing n > w inputs learns at lr·w/n; the one-hot input weights and
+    the biases at lr (the tanh RNNs default to w = 256, the gated cells to none)."""
+    from tncn.temporal import build_learner
+
+    learner = build_learner(kind, {"hidden": [512, 1024], "lr": 0.004}, 50, "cpu", 0)
+    assert learner.options["lr_width"] == 256
+    by_lr = {}
+    for group in learner.param_groups():
+        for p in group["params"]:
+            by_lr.setdefault(group["lr"], []).append(p)
+    names = {id(p): n for n, p in learner.model.named_parameters()}
+    layer0_in = "layers.0.weight_ih_l0" if kind == "rnn" else "inputs.0.weight"
+    for lr, params in by_lr.items():
+        for p in params:
+            n = learner.model.fan_in(names[id(p)], p, ids=True)
+            assert lr == pytest.approx(0.004 * (min(1.0, 256 / n) if n else 1.0))
+            assert (n is None) == (p.dim() < 2 or names[id(p)] == layer0_in)
+    assert sorted(by_lr) == pytest.approx([0.004 / 4, 0.004 / 2, 0.004])  # fan-in 1024, 512, and the rest
+    assert build_learner("gru", {"hidden": [512]}, 50, "cpu", 0).options["lr_width"] is None
+    plain = build_learner(kind, {"hidden": [512], "lr_width": None}, 50, "cpu", 0)
+    assert all(torch.is_tensor(p) for p in plain.param_groups())  # none: every weight at lr, no groups
+    learner.opt.zero_grad()  # the optimizer is built over the groups
+    assert sorted(g["lr"] for g in learner.opt.param_groups) == pytest.approx([0.001, 0.002, 0.004])

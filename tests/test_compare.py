@@ -196,3 +196,25 @@ def test_ptncn_memory_stays_flat_while_full_bptt_grows(tiny, tmp_path):
     assert rows["ptncn"]["3000"]["growth_mb"] < 10
     assert rows["lstm"]["3000"]["growth_mb"] > 50
     assert rows["lstm"]["3000"]["growth_mb"] > 5 * max(rows["lstm"]["100"]["growth_mb"], 1.0)
+
+
+@pytest.mark.parametrize("kind", ["gru", "ptncn"])
+def test_compare_trains_exactly_as_tncn_train_does(tiny, tmp_path, in_process, kind):
+    """Stopping at marks and scoring between them changes nothing: the model compare trains ends
+    with the same test score as one run of fit for the same tokens (which ``tncn train`` runs)."""
+    from tncn import runs
+    from tncn.temporal import build_learner
+    from tncn.train import Budget, evaluate, fit
+
+    out = tmp_path / "cmp"
+    assert _compare(tiny, out, "--models", kind, "--tokens", "1500", "--points", "3") == 0
+    m = json.loads((out / "results.json").read_text())["models"][kind]
+    corpus = runs.open_data(str(tiny), {"level": None})
+    vocab = corpus.vocabulary("stream")
+    import torch
+    torch.manual_seed(0)
+    learner = build_learner(kind, m["options"], len(vocab), seed=0)
+    train = corpus.batches("train", vocab, "stream", 4, 25, 0)
+    p, _ = fit(learner, train, None, Budget(tokens=1500), bar=False)
+    assert p.tokens == m["tokens"]
+    assert evaluate(learner, corpus.batches("test", vocab, "stream", 4, 25, clamp=True)).mean == m["test_bpc"]

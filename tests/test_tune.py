@@ -82,6 +82,10 @@ def test_tune_writes_the_study_plots_and_a_preset_train_and_compare_accept(tiny,
         assert (out / name).is_file(), name
     study = optuna.load_study(study_name="ptncn", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    defaults = LEARNERS["ptncn"].read_options({"hidden": [8, 8]})
+    assert study.trials[0].user_attrs["defaults"] and study.trials[0].params == space.as_params(
+        space.of(LEARNERS["ptncn"].OPTIONS), defaults)  # the untuned setting is scored first
+    assert study.trials[0].params["nesterov.lr"] == 0.075 and "(defaults)" in (out / "trials.md").read_text()
     assert all(len(t.intermediate_values) >= 1 for t in study.trials)  # each reported at its marks
     model, options, source = presets.load(out / "best_preset.json")
     best = min((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
@@ -122,7 +126,7 @@ def test_a_diverged_trial_is_marked_and_told_the_baseline(tiny, tmp_path, in_pro
     study = optuna.load_study(study_name="ptncn", storage=settings["storage"])
     (trial,) = study.trials
     assert trial.user_attrs["diverged"]["step"] >= 1 and trial.value == pytest.approx(settings["baseline"])
-    assert "| 0 | diverged | - |" in (out / "trials.md").read_text()
+    assert "| 0 (defaults) | diverged | - |" in (out / "trials.md").read_text()
     assert not (out / "best_preset.json").exists()
 
 

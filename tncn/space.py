@@ -79,6 +79,29 @@ def check(space: dict, options: Iterable, owner: str) -> dict:
     return space
 
 
+def as_params(space: dict, options: dict) -> dict:
+    """``options`` (a learner's defaults) under the names ``suggest`` draws, for the entries of
+    ``space`` whose ranges hold them (an Optuna trial to enqueue: the untuned setting, scored
+    like any other)."""
+    out: dict = {}
+
+    def put(name: str, spec: dict, label: str) -> None:
+        value = options.get(name)
+        if value is None:
+            return
+        if "choices" in spec:
+            if value in spec["choices"]:
+                out[label] = value
+                for key, sub in spec.get("then", {}).get(str(value), {}).items():
+                    put(key, sub, f"{value}.{key}")
+        elif float(spec["low"]) <= value <= float(spec["high"]):
+            out[label] = value
+
+    for name, spec in space.items():
+        put(name, spec, name)
+    return out
+
+
 def suggest(trial, space: dict) -> dict:
     """One setting of every option of ``space``, drawn from the Optuna ``trial``."""
     out: dict = {}

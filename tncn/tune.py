@@ -1,6 +1,9 @@
 """Hyperparameter search for a sequence learner with Optuna (Akiba et al., KDD 2019): the study, one
 trial, and the study's plots, table and best preset.
 
+The first trial of a study is the learner's untuned setting (its defaults, where the space holds
+them), so that what tuning changed is measured on the same budget.
+
 The study minimises the validation score (BPC, or BCE per frame) at the end of a trial's budget.
 Its sampler is TPE (Bergstra et al., NeurIPS 2011; multivariate, so that a learning rate is
 modelled with its optimizer) after random start-up trials, and a median pruner stops a trial
@@ -145,7 +148,8 @@ def rows(study) -> list[dict]:
             continue
         state = STATE_DIVERGED if t.user_attrs.get(STATE_DIVERGED) else t.state.name.lower()
         out.append(dict(number=t.number, state=state, value=None if state == STATE_DIVERGED else t.value,
-                        options=t.user_attrs.get("options", {}), tokens=t.user_attrs.get("tokens")))
+                        options=t.user_attrs.get("options", {}), tokens=t.user_attrs.get("tokens"),
+                        defaults=bool(t.user_attrs.get("defaults"))))
     return out
 
 
@@ -163,7 +167,8 @@ def format_table(study, metric: str, baseline: float) -> str:
              f"| trial | state | valid {column} | tokens | options |", "|---|---|---|---|---|"]
     for r in rows(study):
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        mark = " (best)" if best is not None and r["number"] == best.number else ""
+        mark = (" (best)" if best is not None and r["number"] == best.number else "") + \
+            (" (defaults)" if r["defaults"] else "")
         options = ", ".join(f"{k} {_show(v)}" for k, v in r["options"].items())
         lines.append(f"| {r['number']}{mark} | {r['state']} | {value} | {r['tokens'] or 0:,} | {options} |")
     return "\n".join(lines)

@@ -144,6 +144,9 @@ def run(args) -> int:
     if tune.fail_stale(study, older_than_s=3 * budget_s + 600):
         print("tncn tune: marked the trials of a killed process as failed", file=sys.stderr)
 
+    if not any(t.user_attrs.get("defaults") for t in study.get_trials(deepcopy=False)):
+        # the untuned setting first, scored on the same budget: what tuning changed is then measured
+        study.enqueue_trial(space.as_params(search, base), user_attrs={"defaults": True})
     while True:
         c = tune.counts(study)
         if c["finished"] + c["running"] >= own["trials"]:

@@ -128,7 +128,7 @@ class SequenceLearner(abc.ABC):
             self.model: nn.Module = self.build().to(self.device)
         except ValueError as err:  # an impossible combination of options the model refuses
             raise UserError(f"model {self.name}: {err}") from None
-        self._opt = LazyOptimizer(self.options, self.model.parameters)
+        self._opt = LazyOptimizer(self.options, self.param_groups)
         self._mode = "train"
         self._stash = None  # (carried training state, generator state) while evaluating or sampling
 
@@ -199,6 +199,11 @@ class SequenceLearner(abc.ABC):
     @abc.abstractmethod
     def load_carry_state(self, state) -> None:
         """Restore what ``carry_state`` returned (None: no state; the next batch starts sequences)."""
+
+    def param_groups(self):
+        """What the optimizer updates: the model's parameters (a learner may give groups with
+        their own learning rates, as torch optimizers take them)."""
+        return self.model.parameters()
 
     # ------------------------------------------------------------------ shared
 

@@ -117,6 +117,13 @@ class KernelLM(nn.Module):
     def logits(self, top: Tensor) -> Tensor:
         return self.head(top)
 
+    def fan_in(self, name: str, p: Tensor, ids: bool) -> Optional[int]:
+        """How many inputs the weight ``name`` sums per unit ([out, in] layout), None for biases,
+        the embedding and the first layer's one-hot input weights (``ids``: the model reads ids)."""
+        if p.dim() < 2 or name.startswith("embed.") or (ids and self.embed is None and name == "layers.0.weight_ih_l0"):
+            return None
+        return p.shape[1]
+
 
 class ElmanLM(nn.Module):
     """The Elman network from ``Dense`` layers: ``inputs[l]`` (W_in^l, b^l, activation f),
@@ -140,6 +147,12 @@ class ElmanLM(nn.Module):
         self.recurrent = nn.ModuleList(Dense(h, h, "identity", bias=False, init="uniform", std=std(h), generator=generator)
                                        for h in hidden)
         self.head = Dense(hidden[-1], vocab, "softmax", bias=True, init="uniform", std=std(hidden[-1]), generator=generator)
+
+    def fan_in(self, name: str, p: Tensor, ids: bool) -> Optional[int]:
+        """As ``KernelLM.fan_in``, for the [in, out] layout of ``Dense``."""
+        if p.dim() < 2 or name.startswith("embed.") or (ids and self.embed is None and name == "inputs.0.weight"):
+            return None
+        return p.shape[0]
 
     def _drive(self, l: int, x: Tensor) -> Tensor:
         """x^l W_in^l + b^l for all steps at once ([T, B, H_l]); layer 1 reads ids."""

@@ -29,6 +29,7 @@ is the mean over its scored positions; ``clip_grad`` clips the total gradient no
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Optional
 
 import torch
@@ -41,6 +42,10 @@ from tncn import space
 from tncn.options import FLOAT, INT, STR, Option, either, non_negative, optional, positive
 from tncn.temporal import bptt
 from tncn.temporal.base import SequenceLearner, hidden_option
+
+
+LR_WIDTH_HELP = ("the fan-in lr is meant for: a weight matrix reading n > lr_width units learns at "
+                 "lr * lr_width / n (none: every weight at lr)")
 
 
 def _detach(state: list) -> list:
@@ -62,6 +67,7 @@ class BPTTLearner(SequenceLearner):
         Option("clip_grad", FLOAT, 5.0, "clip the total gradient norm to this (0: off)", check=non_negative,
                space=space.log_range(0.5, 20.0)),
         *optimizer_options("adam", 1e-3),
+        Option("lr_width", optional(INT), None, LR_WIDTH_HELP, check=positive),
     )
 
     @classmethod
@@ -75,6 +81,22 @@ class BPTTLearner(SequenceLearner):
     def __init__(self, *args, **kwargs):
         self._carry: Optional[tuple] = None  # (state, pending id [B]) carried to the next batch
         super().__init__(*args, **kwargs)
+
+    def param_groups(self):
+        """With ``lr_width`` w: each weight matrix whose fan-in n exceeds w learns at lr·w/n, the
+        width scaling of Adam's step that μP prescribes for hidden weights (Yang et al. 2021,
+        "Tensor Programs V"). Adam moves every weight by about lr per step, so a unit's
+        pre-activation moves by about lr·n: at n = 1,415 and lr 1e-3 the tanh units of an Elman
+        RNN saturate within 20 steps (docs/stability.md). Matrices that read one-hot ids (one row
+        per step) and biases keep lr."""
+        w = self.options["lr_width"]
+        if w is None:
+            return self.model.parameters()
+        groups: dict = {}
+        for name, p in self.model.named_parameters():
+            n = self.model.fan_in(name, p, ids=not self.frames)
+            groups.setdefault(1.0 if n is None else min(1.0, w / n), []).append(p)
+        return [{"params": ps, "lr": self.options["lr"] * scale} for scale, ps in groups.items()]
 
     def build(self) -> nn.Module:
         o = self.options
@@ -159,10 +181,16 @@ class BPTTLearner(SequenceLearner):
         return torch.cat([torch.full((1, frames.shape[1]), float("nan")), probs])
 
 
+LR_WIDTH = 256
+"""The ``lr_width`` of the tanh RNNs (``rnn``, ``elman``), whose ungated units saturate when wide
+(the gated GRU and LSTM keep every weight at lr by default)."""
+
+
 class RNN(BPTTLearner):
     """Elman RNN (tanh) on PyTorch's ``nn.RNN`` kernel."""
 
     name, label, cell = "rnn", "Elman RNN", "rnn"
+    OPTIONS = tuple(replace(o, default=LR_WIDTH) if o.name == "lr_width" else o for o in BPTTLearner.OPTIONS)
 
 
 class GRU(BPTTLearner):
@@ -182,6 +210,6 @@ class Elman(BPTTLearner):
     activation): the network the local rules of ``tncn.temporal.bptt_alignment`` apply to."""
 
     name, label, cell = "elman", "Elman RNN (Dense)", "elman"
-    OPTIONS = (*BPTTLearner.OPTIONS,
+    OPTIONS = (*RNN.OPTIONS,
                Option("activation", STR, "tanh", "state activation f (differentiable)",
                       choices=tuple(a for a in differentiable_activations() if a != "softmax")))
