@@ -43,6 +43,14 @@ def test_a_dependent_range_is_suggested_under_its_own_name():
     assert "adam.lr" not in setting and set(setting) == set(declared) | {"lr"}
 
 
+def test_defaults_are_enqueued_only_where_the_space_holds_them():
+    search = {"lr": space.log_range(1e-4, 1e-2), "clip_grad": space.log_range(0.5, 2.0),
+              "optimizer": space.choice("adam", "sgd", then={"sgd": {"lr": space.log_range(0.01, 1)}})}
+    assert space.as_params(search, {"lr": 1e-3, "clip_grad": 5.0, "optimizer": "adam"}) == {"lr": 1e-3,
+                                                                                           "optimizer": "adam"}
+    assert space.as_params(search, {"lr": 0.1, "optimizer": "sgd"}) == {"optimizer": "sgd", "sgd.lr": 0.1}
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"nonsense": {"low": 0, "high": 1}}, "has no option 'nonsense'"),
     ({"lr": {"low": 1, "high": 0.1}}, "needs low < high"),
