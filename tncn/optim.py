@@ -30,7 +30,7 @@ MOMENTUM = 0.95
 KEYS = ("optimizer", "lr", "momentum", "weight_decay")
 
 
-LR_RANGES = {"sgd": (0.005, 0.5), "momentum": (0.005, 0.3), "nesterov": (0.005, 0.3), "adam": (1e-4, 1e-2),
+LR_RANGES = {"sgd": (0.005, 0.5), "momentum": (0.005, 0.3), "nesterov": (0.005, 0.3), "adam": (1e-4, 3e-2),
              "rmsprop": (1e-4, 1e-2)}
 """The learning rates ``tncn tune`` searches for each optimizer by default (log scale)."""
 

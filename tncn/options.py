@@ -3,7 +3,8 @@
 An ``Option`` is a name (a Python identifier: the key in ``config.json``, in ``--set
 MODEL:KEY=VALUE`` and in presets; its command-line flag is ``--name-with-dashes``), a ``Kind``
 (how a value is read from command-line text or from JSON, and how it is shown), a default, one
-line of help, and optionally the allowed ``choices`` or a ``check``. A learner class declares a
+line of help, and optionally the allowed ``choices``, a ``check`` and the ``space`` that
+``tncn tune`` searches (``tncn.space``). A learner class declares a
 tuple of them (``OPTIONS``); ``read`` turns a dict of given values into the learner's complete,
 checked options, and the command line, ``--set``, ``config.json`` and presets all go through it,
 so a new option needs no edit anywhere else.
@@ -113,6 +114,8 @@ FLOAT = Kind("X", _float)
 BOOL = Kind("on|off", _bool, lambda v: "on" if v else "off")
 STR = Kind("NAME", _str)
 PATH = Kind("DIR", _str)
+FILE = Kind("FILE", _str)
+URL = Kind("URL", _str)
 WIDTHS = Kind("H1,H2,...", _widths, _show_widths)
 
 _NONE = ("none", "null", "off")

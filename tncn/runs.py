@@ -5,9 +5,11 @@ validation, see ``tncn.train.fit``; non-finite numbers as ``null``), ``checkpoin
 latest, saved at each validation), ``best.pt`` (the checkpoint of the best validation so far),
 ``curves.png`` (the score against training tokens and against wall time) and, for video,
 ``frames.png`` (true and predicted frames of a test sequence). Every file is written atomically
-(``tncn.files``); ``clean`` removes the temporary files a kill left behind. The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only:
-``config``, ``vocab`` (``Vocabulary.to_dict``, or ``FrameSpace.to_dict`` for video), ``learner``
-(the learner's state_dict: model, optimizer, carried state, its RNG), ``progress``
+(``tncn.files``); ``clean`` removes the temporary files a kill left behind.
+
+The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only: ``config``,
+``vocab`` (``Vocabulary.to_dict``, or ``FrameSpace.to_dict`` for video), ``learner`` (the
+learner's state_dict: model, optimizer, carried state, its RNG), ``progress``
 (``tncn.train.Progress``) and ``rng`` (the global torch RNG states).
 """
 from __future__ import annotations

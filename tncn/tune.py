@@ -7,7 +7,8 @@ them), so that what tuning changed is measured on the same budget.
 The study minimises the validation score (BPC, or BCE per frame) at the end of a trial's budget.
 Its sampler is TPE (Bergstra et al., NeurIPS 2011; multivariate, so that a learning rate is
 modelled with its optimizer) after random start-up trials, and a median pruner stops a trial
-whose score at a mark of its budget is worse than the median of earlier trials at the same mark.
+whose score at a mark of its budget (from the middle of the budget on; not at its end) is worse
+than the median of earlier trials at the same mark.
 
 Each trial runs in a fresh process (``tncn.isolate``, as ``tncn compare`` runs a model) with the
 same budget: ``run_trial`` reopens the study from its storage, reports the validation score at
@@ -37,7 +38,7 @@ def _optuna():
     return optuna
 
 
-def open_study(storage: str, name: str, seed: int, trials: int, attrs: dict):
+def open_study(storage: str, name: str, seed: int, trials: int, points: int, attrs: dict):
     """The study ``name`` in ``storage`` (created, or loaded when it exists; ``attrs`` are its
     settings, which a process joining an existing study must share)."""
     from tncn.errors import UserError
@@ -52,7 +53,8 @@ def open_study(storage: str, name: str, seed: int, trials: int, attrs: dict):
         warnings.simplefilter("ignore")
         sampler = optuna.samplers.TPESampler(seed=seed + offset, multivariate=True,
                                              n_startup_trials=max(3, min(10, trials // 3)))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    # compare trials from the middle of the budget on: early curves are close and noisy
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, (points + 1) // 2))
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     saved = study.user_attrs.get("settings")
@@ -114,7 +116,7 @@ def run_trial(task: dict) -> dict:
         for key, value in (("tokens", p.tokens), ("seconds", round(p.train_s, 3)), ("score", v)):
             curve[key].append(value)
         trial.report(v, len(curve["score"]))
-        if trial.should_prune():
+        if len(curve["score"]) < task["points"] and trial.should_prune():  # a finished trial is complete
             raise optuna.TrialPruned()
 
     p = Progress()

@@ -185,8 +185,9 @@ def run(args) -> int:
                   baseline=corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts), models={})
     for kind in models:
         print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
-        task = dict(common, kind=kind, options=options[kind], baseline=result["baseline"], minutes=budget.get("minutes"),
-                    tokens=budget.get("tokens"), points=own["points"], valid_lines=own["valid_lines"])
+        task = dict(common, kind=kind, options=options[kind], baseline=result["baseline"],
+                    minutes=budget.get("minutes"), tokens=budget.get("tokens"), points=own["points"],
+                    valid_lines=own["valid_lines"])
         result["models"][kind] = isolate.run("tncn.commands.compare:train_one", task, o["threads"], kind)
         files.write_json(out / "results.json", result)
     plot_curves(out, result)

@@ -26,7 +26,7 @@ from tncn import files, isolate, presets, runs, space, tune
 from tncn.commands import flags, sizing
 from tncn.errors import UserError
 from tncn.metrics import METRICS
-from tncn.options import FLOAT, INT, PATH, STR, WIDTHS, Option, optional, positive
+from tncn.options import FILE, FLOAT, INT, STR, URL, WIDTHS, Option, optional, positive
 from tncn.temporal import LEARNERS
 
 OWN = (
@@ -39,9 +39,9 @@ OWN = (
            check=positive),
     Option("valid_lines", optional(INT), None, "score on the first N lines of the validation split", check=positive),
     Option("hidden", WIDTHS, [128, 128], "the widths every trial trains"),
-    Option("space", optional(PATH), None, "a JSON search space {option: {\"low\", \"high\"[, \"log\", \"int\"]} or "
+    Option("space", optional(FILE), None, "a JSON search space {option: {\"low\", \"high\"[, \"log\", \"int\"]} or "
                                           "{\"choices\": [...]}} in place of the learner's declared one"),
-    Option("storage", optional(STR), None, "Optuna storage URL (none: sqlite:///OUT/study.db)"),
+    Option("storage", optional(URL), None, "Optuna storage URL (none: sqlite:///OUT/study.db)"),
     Option("study", optional(STR), None, "study name (none: the model's name)"),
 )
 DEFAULT_MODEL = "ptncn"
@@ -137,7 +137,8 @@ def run(args) -> int:
             (out / name).unlink(missing_ok=True)
     storage = own["storage"] or f"sqlite:///{(out / 'study.db').resolve()}"
     name = own["study"] or cls.name
-    study = tune.open_study(storage, name, o["seed"], own["trials"], json.loads(files.dumps(settings)))
+    study = tune.open_study(storage, name, o["seed"], own["trials"], own["points"],
+                            json.loads(files.dumps(settings)))
     files.write_json(out / "tune.json", dict(settings=settings, storage=storage, study=name, metric=metric,
                                              baseline=baseline))
     budget_s = 60.0 * own["minutes_per_trial"] if own["minutes_per_trial"] else 600.0
