@@ -31,19 +31,21 @@ from tncn import files
 STATE_DIVERGED = "diverged"
 
 
-def _optuna():
+def load_optuna():
+    """The optuna module, with its per-trial log lines off (tncn prints its own)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
 
-def open_study(storage: str, name: str, seed: int, trials: int, points: int, attrs: dict):
+def open_study(storage: str, name: str, seed: Optional[int], trials: int, points: int, attrs: dict):
     """The study ``name`` in ``storage`` (created, or loaded when it exists; ``attrs`` are its
-    settings, which a process joining an existing study must share)."""
+    settings, which a process joining an existing study must share). The sampler's seed is
+    ``seed`` plus the trials the study already has (None: drawn from the OS)."""
     from tncn.errors import UserError
 
-    optuna = _optuna()
+    optuna = load_optuna()
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     except Exception as err:  # a bad URL, an unreadable file: every storage error reads as one line
@@ -51,7 +53,7 @@ def open_study(storage: str, name: str, seed: int, trials: int, points: int, att
     offset = existing[name].n_trials if name in existing else 0
     with warnings.catch_warnings():  # Optuna marks multivariate TPE experimental
         warnings.simplefilter("ignore")
-        sampler = optuna.samplers.TPESampler(seed=seed + offset, multivariate=True,
+        sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + offset, multivariate=True,
                                              n_startup_trials=max(3, min(10, trials // 3)))
     # compare trials from the middle of the budget on: early curves are close and noisy
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, (points + 1) // 2))
@@ -77,7 +79,7 @@ def counts(study) -> dict:
 def fail_stale(study, older_than_s: float) -> int:
     """Mark as failed the running trials started more than ``older_than_s`` ago (their process
     was killed); returns how many."""
-    optuna = _optuna()
+    optuna = load_optuna()
     now = datetime.datetime.now()
     stale = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
              if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > older_than_s]
@@ -100,7 +102,7 @@ def run_trial(task: dict) -> dict:
     from tncn.temporal import build_learner
     from tncn.train import Progress, evaluate, fit_marks
 
-    optuna = _optuna()
+    optuna = load_optuna()
     study = optuna.load_study(study_name=task["study"], storage=task["storage"])
     trial = optuna.trial.Trial(study, task["trial_id"])
     _, vocab, train, valid, _ = batches_of(task)
@@ -155,7 +157,8 @@ def rows(study) -> list[dict]:
     return out
 
 
-def _show(v) -> str:
+def show(v) -> str:
+    """An option value in a table: floats to three figures."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
@@ -171,7 +174,7 @@ def format_table(study, metric: str, baseline: float) -> str:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         mark = (" (best)" if best is not None and r["number"] == best.number else "") + \
             (" (defaults)" if r["defaults"] else "")
-        options = ", ".join(f"{k} {_show(v)}" for k, v in r["options"].items())
+        options = ", ".join(f"{k} {show(v)}" for k, v in r["options"].items())
         lines.append(f"| {r['number']}{mark} | {r['state']} | {value} | {r['tokens'] or 0:,} | {options} |")
     return "\n".join(lines)
 
@@ -186,15 +189,18 @@ def plot_history(path, study, metric: str, baseline: Optional[float] = None) -> 
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
     styles = {"complete": ("o", "C0"), "pruned": ("x", "C1"), STATE_DIVERGED: ("v", "C3")}
+    points = [(r, baseline if r["state"] == STATE_DIVERGED else r["value"]) for r in rows(study)
+              if r["state"] in styles]
+    points = [(r, y) for r, y in points if y is not None and math.isfinite(y)]
+    # far-off scores (a trial that learned nothing) would flatten the rest: clip them to the top edge
+    top = 1.5 * baseline if baseline is not None else math.inf
     best, xs, ys = math.inf, [], []
-    for r in rows(study):
-        if r["state"] not in styles:
-            continue
-        y = baseline if r["state"] == STATE_DIVERGED else r["value"]
-        if y is None:
-            continue
+    for r, y in points:
         marker, color = styles[r["state"]]
-        ax.plot(r["number"], y, marker, color=color, label=r["state"])
+        ax.plot(r["number"], min(y, top), "^" if y > top else marker, color=color,
+                label=f"{r['state']} (above the top: clipped)" if y > top else r["state"])
+        if r["defaults"]:
+            ax.plot(r["number"], min(y, top), "o", ms=12, mfc="none", color="k", label="the untuned defaults")
         if r["state"] == "complete" and y < best:
             best = y
         if math.isfinite(best):
@@ -219,7 +225,7 @@ def importances(study) -> dict:
     """How much each tuned option matters: PED-ANOVA (Watanabe et al., IJCAI 2023, as Optuna computes
     it; no dependency beyond Optuna), how differently the option is distributed in the best trials
     than in all, normalised to sum to 1; over the complete trials, empty with fewer than four."""
-    optuna = _optuna()
+    optuna = load_optuna()
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
                 and not t.user_attrs.get(STATE_DIVERGED)]
     if len(complete) < 4 or not complete[0].params:

@@ -137,7 +137,9 @@ def run(args) -> int:
             (out / name).unlink(missing_ok=True)
     storage = own["storage"] or f"sqlite:///{(out / 'study.db').resolve()}"
     name = own["study"] or cls.name
-    study = tune.open_study(storage, name, o["seed"], own["trials"], own["points"],
+    # a shared study (--storage) is drawn from by processes in any order: seed its sampler from the OS
+    sampler_seed = None if own["storage"] else o["seed"]
+    study = tune.open_study(storage, name, sampler_seed, own["trials"], own["points"],
                             json.loads(files.dumps(settings)))
     files.write_json(out / "tune.json", dict(settings=settings, storage=storage, study=name, metric=metric,
                                              baseline=baseline))
@@ -159,8 +161,12 @@ def run(args) -> int:
         task = dict(common, kind=cls.name, options=options, baseline=baseline, minutes=own["minutes_per_trial"],
                     tokens=own["tokens_per_trial"], points=own["points"], storage=storage, study=name,
                     trial_id=trial._trial_id)  # the storage's id: the child reopens this trial by it
-        print(f"== trial {trial.number}: " + ", ".join(f"{k} {tune._show(v)}" for k, v in params.items()), flush=True)
-        result = isolate.run("tncn.tune:run_trial", task, o["threads"], f"trial {trial.number}")
+        print(f"== trial {trial.number}: " + ", ".join(f"{k} {tune.show(v)}" for k, v in params.items()), flush=True)
+        try:
+            result = isolate.run("tncn.tune:run_trial", task, o["threads"], f"trial {trial.number}")
+        except BaseException:  # a failed child or Ctrl-C: the trial is over, not running
+            study.tell(trial, state=tune.load_optuna().trial.TrialState.FAIL)
+            raise
         trial.set_user_attr("tokens", result["tokens"])
         trial.set_user_attr("curve", result["curve"])
         if result["state"] == tune.STATE_DIVERGED:
@@ -168,7 +174,7 @@ def run(args) -> int:
             study.tell(trial, baseline)
             print(f"   diverged at step {result['diverged']['step']}: {result['diverged']['what']}", flush=True)
         elif result["state"] == "pruned":
-            study.tell(trial, state=tune._optuna().trial.TrialState.PRUNED)
+            study.tell(trial, state=tune.load_optuna().trial.TrialState.PRUNED)
             print(f"   pruned at {result['value']:.4f}", flush=True)
         else:
             study.tell(trial, result["value"])
@@ -181,7 +187,8 @@ def run(args) -> int:
     if best is None:
         print(f"tncn tune: no trial finished without diverging; results in {out}", file=sys.stderr)
         return 0
-    print(f"best: trial {best.number}, valid {best.value:.4f} {METRICS[metric].short}; preset {out / 'best_preset.json'}")
+    print(f"best: trial {best.number}, valid {best.value:.4f} {METRICS[metric].short}; "
+          f"preset {out / 'best_preset.json'}")
     return 0
 
 
