@@ -82,3 +82,21 @@ def test_reference_preset_keeps_the_baselines_optimizer():
     assert (lstm["optimizer"], lstm["lr"]) == (defaults["optimizer"], defaults["lr"])
     assert (lstm["hidden"], lstm["protocol"], lstm["batch_size"]) == ([1000, 1000], "lines", 50)
     assert resolve({"model": "lstm", "lr": 0.5}, "reference")["lr"] == 0.5
+
+
+def test_quick_preset_keeps_ptncn_reference_recipe_on_text_and_adam_on_video(tmp_path):
+    """docs/stability.md: on text P-TNCN's Adam run degrades, so the quick preset leaves P-TNCN's
+    own Nesterov recipe; on video it trains P-TNCN with Adam 2e-3 (its measured better choice)."""
+    from tncn import presets
+    from tncn.commands.train import resolve
+
+    text = resolve({}, "quick")
+    assert (text["optimizer"], text["lr"], text["hidden"], text["steps"]) == ("nesterov", 0.075, [128, 128], 400)
+    frames = resolve({"data": "bouncing-glyphs"}, "quick")
+    assert (frames["optimizer"], frames["lr"], frames["level"]) == ("adam", 2e-3, "frames")
+    assert resolve({"data": "bouncing-glyphs", "lr": 0.01}, "quick")["lr"] == 0.01  # the command line wins
+    lstm = resolve({"model": "lstm", "data": "bouncing-glyphs"}, "quick")
+    assert (lstm["optimizer"], lstm["lr"]) == ("adam", 1e-3)  # other learners keep their own
+    path = presets.save(tmp_path / "p.json", "ptncn", {"beta": 0.2, "lr": 0.05})
+    tuned = resolve({}, str(path))
+    assert (tuned["beta"], tuned["lr"], tuned["optimizer"], tuned["steps"]) == (0.2, 0.05, "nesterov", 400)
