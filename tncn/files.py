@@ -64,6 +64,19 @@ def write_json(path, value, indent: int = 2) -> None:
     write_text(path, dumps(value, indent) + "\n")
 
 
+def read_json(path, what: str):
+    """The JSON value in the file at ``path``; a missing, unreadable or malformed file is a one-line
+    UserError that starts with ``what`` (e.g. ``--space FILE``)."""
+    from tncn.errors import UserError
+
+    try:
+        return json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{what}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise UserError(f"{what} is not JSON ({err})") from None
+
+
 def save_figure(fig, path, dpi: int = 100, **options) -> None:
     """A matplotlib figure as a PNG at ``path`` (its folder made if needed), written atomically;
     ``options`` go to ``savefig``."""

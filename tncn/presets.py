@@ -7,7 +7,6 @@ loaded) and ``source`` says where they come from (free-form: the study, its data
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -33,12 +32,7 @@ def save(path, model: str, options: dict, source: Optional[dict] = None) -> Path
 def load(path) -> tuple[str, dict, dict]:
     """The ``(model, options, source)`` of the preset file at ``path``; a UserError names what is wrong."""
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"preset {path}: {err.strerror or err}") from None
-    except ValueError as err:
-        raise UserError(f"preset {path} is not JSON ({err})") from None
+    data = files.read_json(path, f"preset {path}")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a tncn preset file (no \"format\": \"{FORMAT}\")")
     model, options = data.get("model"), data.get("options")

@@ -142,10 +142,37 @@ def train_one(task: dict) -> dict:
 
 # --------------------------------------------------------------------------- the command
 
-def run(args) -> int:
+def open_task(o: dict, splits=("train", "valid", "test")) -> tuple:
+    """The data of a run of side-by-side models (compare, tune) from the shared flags ``o``: the
+    corpus, its vocabulary (a ``FrameSpace`` for video) and the settings every child process
+    reads (data, data_root, level, protocol, batch_size, seq_len, seed, device, the video shape).
+    A batch size that ``splits`` cannot fill fails here, in one line."""
     from sequences import text, video
+
+    data = text.canonical(o["data"])
+    frames = video.is_video(data)
+    if frames and o["level"]:
+        raise UserError("--level applies to text; video is scored per frame")
+    shape = {k: o[k] for k in flags.VIDEO} if frames else {}
+    corpus = runs.open_data(data, dict(level="frames" if frames else o["level"], data_root=o["data_root"], **shape))
+    protocol = "sequences" if frames else o["protocol"]
+    vocab = corpus.vocabulary(protocol)
+    common = dict(data=data, data_root=o["data_root"], level=corpus.level, protocol=protocol,
+                  batch_size=o["batch_size"], seq_len=o["seq_len"] if protocol == "stream" else None, seed=o["seed"],
+                  device=o["device"], **shape)
+    for split in splits:
+        corpus.batches(split, vocab, protocol, o["batch_size"], common["seq_len"], o["seed"], clamp=split != "train")
+    return corpus, vocab, common
+
+
+def no_context(corpus, vocab) -> float:
+    """The score of a model without context: the mean-pixel BCE for video, the unigram entropy for text."""
     from tncn.metrics import unigram_entropy
 
+    return corpus.mean_frame_bce() if vocab.level == "frames" else unigram_entropy(vocab.counts)
+
+
+def run(args) -> int:
     o = flags.read(args, "data", "data_root", "level", "protocol", "seq_len", "batch_size", *flags.VIDEO,
                    "seed", "device", "threads")
     own = flags.values(args, OWN)
@@ -160,29 +187,19 @@ def run(args) -> int:
     out = Path(args.out)
     flags.check_out(out, args.force)
 
-    data = text.canonical(o["data"])
-    frames = video.is_video(data)
-    if frames and o["level"]:
-        raise UserError("--level applies to text; video is scored per frame")
-    shape = {k: o[k] for k in flags.VIDEO} if frames else {}
-    corpus = runs.open_data(data, dict(level="frames" if frames else o["level"], data_root=o["data_root"], **shape))
-    protocol = "sequences" if frames else o["protocol"]
-    vocab = corpus.vocabulary(protocol)
+    corpus, vocab, common = open_task(o, () if args.memory else ("train", "valid", "test"))
+    frames = common["level"] == "frames"
     options, target = sizing.plan(models, len(vocab), side["hidden"], side["match"], side["bptt"], side["sets"],
                                   o["seed"], frames)
-    common = dict(data=data, data_root=o["data_root"], level=corpus.level, protocol=protocol,
-                  batch_size=o["batch_size"], seq_len=o["seq_len"] if protocol == "stream" else None, seed=o["seed"],
-                  threads=o["threads"], device=o["device"], **shape)
+    common["threads"] = o["threads"]
     if args.memory:
         return _run_memory(out, models, options, len(vocab), common, own["lengths"])
-    for split in ("train", "valid", "test"):  # a batch size the data cannot fill fails here, in one line
-        corpus.batches(split, vocab, protocol, o["batch_size"], common["seq_len"], o["seed"], clamp=split != "train")
 
     out.mkdir(parents=True, exist_ok=True)
     result = dict(**common, torch=torch.__version__, budget=budget, match=side["match"],
                   first_model=models[0], first_params=target, points=own["points"], valid_lines=own["valid_lines"],
-                  vocab_size=len(vocab), metric="bce" if frames else "bpc",
-                  baseline=corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts), models={})
+                  vocab_size=len(vocab), metric="bce" if frames else "bpc", baseline=no_context(corpus, vocab),
+                  models={})
     for kind in models:
         print(f"== {kind}: widths {','.join(map(str, options[kind]['hidden']))}", flush=True)
         task = dict(common, kind=kind, options=options[kind], baseline=result["baseline"],

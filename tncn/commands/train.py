@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from sequences import text, video
-from tncn import presets, runs
+from tncn import checkpoint, presets, runs
 from tncn.checkpoint import set_rng_state
 from tncn.commands import flags
 from tncn.errors import UserError
@@ -366,7 +366,7 @@ def _kept(out: Path, step, records: list, key: str) -> str:
     if step is None:
         return f"{out} holds no checkpoint yet"
     best = min(records, key=lambda r: r[key]) if records else None
-    text = f"{out / 'checkpoint.pt'} keeps step {step:,}"
+    text = f"{out / checkpoint.FILENAME} keeps step {step:,}"
     if best is not None and (out / runs.BEST).exists():
         text += f", {out / runs.BEST} the best validation ({best[key]:.4f} at step {best['step']:,})"
     return text

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tncn import files, isolate, presets, runs, space, tune
 from tncn.commands import flags, sizing
+from tncn.commands.compare import no_context, open_task
 from tncn.errors import UserError
 from tncn.metrics import METRICS
 from tncn.options import FILE, FLOAT, INT, STR, URL, WIDTHS, Option, optional, positive
@@ -77,13 +78,7 @@ def _space(path, cls) -> dict:
         if not declared:
             raise UserError(f"model {cls.name} declares no search space; give --space FILE")
         return declared
-    try:
-        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"--space {path}: {err.strerror or err}") from None
-    except ValueError as err:
-        raise UserError(f"--space {path} is not JSON ({err})") from None
-    return space.check(data, cls.OPTIONS, f"model {cls.name}")
+    return space.check(files.read_json(path, f"--space {path}"), cls.OPTIONS, f"model {cls.name}")
 
 
 def run(args) -> int:
@@ -106,28 +101,18 @@ def run(args) -> int:
     if clash:
         raise UserError(f"--set {clash[0]} fixes an option the search space tunes; drop one of them")
 
-    from sequences import text, video
-    from tncn.metrics import unigram_entropy
-
-    data = text.canonical(o["data"])
-    frames = video.is_video(data)
-    shape = {k: o[k] for k in flags.VIDEO} if frames else {}
-    corpus = runs.open_data(data, dict(level="frames" if frames else o["level"], data_root=o["data_root"], **shape))
-    protocol = "sequences" if frames else o["protocol"]
-    vocab = corpus.vocabulary(protocol)
-    seq_len = o["seq_len"] if protocol == "stream" else None
-    for split in ("train", "valid"):  # a batch size the data cannot fill fails here, in one line
-        corpus.batches(split, vocab, protocol, o["batch_size"], seq_len, o["seed"], clamp=split != "train")
+    corpus, vocab, common = open_task(o, ("train", "valid"))
+    frames = common["level"] == "frames"
     base = cls.read_options({**fixed, "hidden": own["hidden"]})
     metric = "bce" if frames else "bpc"
-    baseline = corpus.mean_frame_bce() if frames else unigram_entropy(vocab.counts)
-    common = dict(data=data, data_root=o["data_root"], level=corpus.level, protocol=protocol,
-                  batch_size=o["batch_size"], seq_len=seq_len, seed=o["seed"], valid_lines=own["valid_lines"], **shape)
+    baseline = no_context(corpus, vocab)
+    device = common.pop("device")
+    common["valid_lines"] = own["valid_lines"]
     settings = dict(common, model=cls.name, fixed=fixed, hidden=own["hidden"], space=search,
                     minutes=own["minutes_per_trial"], tokens=own["tokens_per_trial"], points=own["points"])
-    common["device"] = o["device"]
+    common["device"] = device
     if args.resume:
-        saved = json.loads((out / "tune.json").read_text(encoding="utf-8"))["settings"]
+        saved = files.read_json(out / "tune.json", f"--resume: {out / 'tune.json'}").get("settings")
         if saved != json.loads(files.dumps(settings)):
             raise UserError(f"--resume: the options differ from the study's in {out}/tune.json; "
                             f"a resumed study keeps them (only --trials, --threads and --device may change)")
