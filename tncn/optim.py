@@ -9,6 +9,12 @@ Every learner (sequence or feedforward) writes its updates into ``param.grad`` a
 - ``adam``: Adam (Kingma & Ba 2015) with torch's defaults (betas 0.9, 0.999; eps 1e-8);
 - ``rmsprop``: RMSprop with torch's defaults (alpha 0.99).
 
+A sequence learner also declares ``SCHEDULE``, a learning-rate schedule by training step (one
+segment of the stream, as ``--steps`` counts them), off by default: ``warmup`` W steps of linear
+warm-up, then (``half_life`` h) an exponential decay that halves the rate every h steps. The rate at step t (0-based) is lr · min(1, (t+1)/W) ·
+2^(−max(0, t+1−W)/h) (``lr_factor``). It needs no total step count, so it works the same under a
+wall-clock budget, and its step count lives in the optimizer's state (resuming continues it).
+
 ``momentum`` not given means ``MOMENTUM`` (0.95, the P-TNCN reference value) for ``momentum`` and
 ``nesterov``; it applies to the SGD family only. SGD and Adam use torch's fused kernels (one pass
 over each weight; at H = 1000 the fused Nesterov step takes about half the time of the default
@@ -22,7 +28,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from tncn import space
-from tncn.options import FLOAT, STR, Option, OptionError, non_negative, optional, positive
+from tncn.options import FLOAT, INT, STR, Option, OptionError, non_negative, optional, positive
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 MOMENTUM = 0.95
@@ -59,6 +65,29 @@ def optimizer_options(optimizer: str = "adam", lr: float = 1e-3, tune: tuple = (
     )
 
 
+SCHEDULE = (
+    Option("warmup", INT, 0, "training steps of linear learning-rate warm-up (0: none)", check=non_negative),
+    Option("half_life", optional(INT), None, "training steps after the warm-up in which the learning rate halves "
+                                             "(none: constant)", check=positive),
+)
+
+
+def lr_factor(t: int, warmup: int, half_life: Optional[int]) -> float:
+    """The learning-rate multiplier at training step ``t`` (0-based; the module docstring)."""
+    factor = min(1.0, (t + 1) / warmup) if warmup else 1.0
+    if half_life:
+        factor *= 0.5 ** (max(0, t + 1 - warmup) / half_life)
+    return factor
+
+
+def _scheduled(group: dict, warmup: int, half_life: Optional[int]) -> None:
+    """Set ``group["lr"]`` for its step count (``base_lr`` and ``scheduled_steps`` ride in the
+    optimizer's state dict, so a resumed run continues its schedule)."""
+    group.setdefault("base_lr", group["lr"])
+    group.setdefault("scheduled_steps", 0)
+    group["lr"] = group["base_lr"] * lr_factor(group["scheduled_steps"], warmup, half_life)
+
+
 def optimizer_factory(name: str, lr: float, momentum: Optional[float] = None,
                       weight_decay: float = 0.0) -> Callable[[Iterable], torch.optim.Optimizer]:
     """Check the settings now and return ``params -> optimizer`` (see the module docstring).
@@ -92,11 +121,12 @@ def make_optimizer(name: str, params, lr: float, momentum: Optional[float] = Non
 
 
 class LazyOptimizer:
-    """The optimizer that ``options`` (the ``KEYS``) name, built on first use (evaluation and
+    """The optimizer that ``options`` (the ``KEYS``, and the ``SCHEDULE`` where given) name, built on first use (evaluation and
     sampling never need it); its state can be saved and loaded before it exists."""
 
     def __init__(self, options: dict, params: Callable[[], Iterable]):
         self._new = optimizer_factory(*(options[k] for k in KEYS))
+        self._schedule = (options.get("warmup", 0), options.get("half_life"))
         self._params = params
         self._opt: Optional[torch.optim.Optimizer] = None
         self._pending: Optional[dict] = None  # a loaded state, applied when the optimizer is built
@@ -107,7 +137,18 @@ class LazyOptimizer:
             if self._pending is not None:
                 self._opt.load_state_dict(self._pending)
                 self._pending = None
+            if any(self._schedule):
+                for group in self._opt.param_groups:
+                    _scheduled(group, *self._schedule)
         return self._opt
+
+    def advance(self) -> None:
+        """One step of the learning-rate schedule (a sequence learner calls it once per training
+        segment, so its steps are those of ``--steps``); nothing without a schedule."""
+        if any(self._schedule):
+            for group in self.get().param_groups:
+                group["scheduled_steps"] += 1
+                _scheduled(group, *self._schedule)
 
     def state_dict(self) -> dict:
         return self._pending if self._opt is None and self._pending is not None else self.get().state_dict()

@@ -239,7 +239,9 @@ class SequenceLearner(abc.ABC):
     def train_segment(self, batch) -> Tally:
         self._enter("train")
         with torch.set_grad_enabled(self.autograd):
-            return self._segment(batch, learn=True)
+            tally = self._segment(batch, learn=True)
+        self._opt.advance()
+        return tally
 
     @torch.no_grad()
     def eval_segment(self, batch, correction: bool = True) -> Tally:

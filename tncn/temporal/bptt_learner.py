@@ -37,7 +37,7 @@ from torch import nn
 
 from tncn.layers import differentiable_activations
 from tncn.metrics import Tally
-from tncn.optim import optimizer_options
+from tncn.optim import SCHEDULE, optimizer_options
 from tncn import space
 from tncn.options import FLOAT, INT, STR, Option, either, non_negative, optional, positive
 from tncn.temporal import bptt
@@ -66,7 +66,7 @@ class BPTTLearner(SequenceLearner):
                check=lambda v: None if v == "full" else positive(v)),
         Option("clip_grad", FLOAT, 5.0, "clip the total gradient norm to this (0: off)", check=non_negative,
                space=space.log_range(0.5, 20.0)),
-        *optimizer_options("adam", 1e-3),
+        *optimizer_options("adam", 1e-3), *SCHEDULE,
         Option("lr_width", optional(INT), None, LR_WIDTH_HELP, check=positive),
     )
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from tncn.layers import Dense, grad_buffer, init_weight
 from tncn.metrics import Tally
-from tncn.optim import optimizer_options
+from tncn.optim import SCHEDULE, optimizer_options
 from tncn import space
 from tncn.options import FLOAT, Option, in_range, positive
 from tncn.temporal.base import SequenceLearner, hidden_option
@@ -121,7 +121,7 @@ class ESN(SequenceLearner):
         Option("density", FLOAT, 0.1, "share of nonzero reservoir weights", check=in_range(0.0, 1.0)),
         # Adam moves each readout weight by about lr per step, so a logit by about lr times the
         # summed state: wide reservoirs want a small lr (1e-3 was unstable at 2,430 units on PTB)
-        *optimizer_options("adam", 3e-4, lr_range=(3e-5, 3e-3)),
+        *optimizer_options("adam", 3e-4, lr_range=(3e-5, 3e-3)), *SCHEDULE,
     )
 
     def __init__(self, *args, **kwargs):

@@ -19,7 +19,7 @@ import torch
 from tncn.layers import ACTIVATIONS, INITIALISERS
 from tncn import space
 from tncn.metrics import Tally
-from tncn.optim import optimizer_options
+from tncn.optim import SCHEDULE, optimizer_options
 from tncn.options import BOOL, FLOAT, INT, STR, Option, argument, at_least, non_negative, optional, positive
 from tncn.temporal.base import SequenceLearner, hidden_option
 from tncn.temporal.ptncn import E_RULES, PTNCN, W_ERRORS
@@ -64,7 +64,7 @@ class PTNCNLearner(SequenceLearner):
     label = "P-TNCN"
     has_correction = True
     OPTIONS = (hidden_option([1000, 1000], "widths of the latent layers, any L ≥ 1 (the reference: 1000,1000)"),
-               *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075, tune=("nesterov", "adam")),
+               *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075, tune=("nesterov", "adam")), *SCHEDULE,
                Option("compile", BOOL, False, "run each training step as one torch.compile graph (compiling takes "
                                               "up to a minute; the same numbers up to float rounding)", runtime=True))
 
