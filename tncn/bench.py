@@ -13,6 +13,9 @@ One run measures, side by side (so ratios are meaningful on a noisy shared machi
   measured memory bandwidth;
 - tokens/s of the ``lstm`` and ``gru`` learners (one-hot input, Adam) with truncated BPTT (window
   50) at the same width, depth and batch;
+- tokens/s of the online learners of an Elman network (``rtrl``, ``uoro``, ``snap1``; one layer,
+  batch 32) at H = 128 and 256, RTRL at the widths its memory limit allows (a refused width is a
+  row that says what it would need);
 - peak memory growth of one training pass over a single sequence of length T for P-TNCN and for
   the LSTM trained by full BPTT (``memory_pass``, each in a fresh process: ``peak_memory_mb``; CPU:
   growth of the peak resident set size over the set-up, the peak being reset first through
@@ -33,7 +36,8 @@ import torch
 import tncn
 from sequences.batching import Batch
 from tncn import files, isolate
-from tncn.temporal import build_learner
+from tncn.errors import UserError
+from tncn.temporal import build_learner, learner_class
 
 
 def sync(device):
@@ -144,6 +148,19 @@ def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu",
     return learner_train_rate(learner, batch, windows * window, repeats)
 
 
+ONLINE = ("rtrl", "uoro", "snap1")
+"""The online learners the table times (``tncn.temporal.online``)."""
+
+
+def online_train_rate(kind: str, hidden: int, vocab: int, batch: int, device="cpu", repeats=5) -> float:
+    """Tokens/s of the online learner ``kind`` at one layer of width ``hidden`` (its defaults)."""
+    learner = build_learner(kind, {"hidden": [hidden]}, vocab, device)
+    P = sum(p.numel() for p in learner.model.parameters())
+    per_step = 2.0 * batch * P * (hidden if kind == "rtrl" else 1)  # RTRL's trace product dominates
+    steps = max(3, min(100, int(2e10 / per_step)))
+    return learner_train_rate(learner, batch, steps, repeats)
+
+
 # --------------------------------------------------------------------------- memory
 
 def memory_pass(task: dict) -> dict:
@@ -241,6 +258,18 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
             rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
                             note=f"P-TNCN / {cell.upper()} = {rates[False] / r:.2f} eager, "
                                  f"{rates[True] / r:.2f} compiled"))
+    for kind in ONLINE:
+        cls = learner_class(kind)
+        widths = (32, 64, 128) if kind == "rtrl" else (128, 256)
+        for H in widths[:1] if quick else widths:
+            config = f"{cls.label} L=1 H={H} B=32 V=49"
+            try:
+                cls.check_fit(49, cls.read_options({"hidden": [H]}), 32)
+            except UserError as err:
+                rows.append(Row(config, note=str(err)))
+                continue
+            progress(f"{cls.label} H={H} ...")
+            rows.append(Row(config, online_train_rate(kind, H, 49, 32, device, repeats)))
     if not quick:
         progress("P-TNCN word level ...")
         rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))

@@ -190,7 +190,7 @@ def run(args) -> int:
     corpus, vocab, common = open_task(o, () if args.memory else ("train", "valid", "test"))
     frames = common["level"] == "frames"
     options, target = sizing.plan(models, len(vocab), side["hidden"], side["match"], side["bptt"], side["sets"],
-                                  o["seed"], frames)
+                                  o["seed"], frames, o["batch_size"])
     common["threads"] = o["threads"]
     if args.memory:
         return _run_memory(out, models, options, len(vocab), common, own["lengths"])

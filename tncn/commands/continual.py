@@ -186,7 +186,7 @@ def run(args) -> int:
         d.batches("train", *args_b, o["seed"])
         d.batches("test", *args_b, clamp=True)
     options, target = sizing.plan(models, len(vocab), side["hidden"], side["match"], side["bptt"], side["sets"],
-                                  o["seed"], frames)
+                                  o["seed"], frames, o["batch_size"])
 
     out.mkdir(parents=True, exist_ok=True)
     names = [e.name for e in experiences]

@@ -96,8 +96,9 @@ def parse_sets(items: list[str], models: list[str]) -> dict:
 
 
 def plan(models: list[str], size: int, hidden: list[int], match: str, bptt, sets: dict, seed: int = 0,
-         frames: bool = False) -> tuple[dict, int]:
-    """Every model's complete options (checked by building it once) and the first model's weight count."""
+         frames: bool = False, batch: int = 1) -> tuple[dict, int]:
+    """Every model's complete options (checked by building it once, and ``check_fit`` for
+    ``batch`` streams) and the first model's weight count."""
     first = models[0]
     takes_bptt = [m for m in models if "bptt" in learner_class(m).defaults()]
     if bptt is not None and not takes_bptt:
@@ -115,6 +116,7 @@ def plan(models: list[str], size: int, hidden: list[int], match: str, bptt, sets
                 width = cls.width_for_params(size, layers, target, cls.read_options(opts))
                 opts["hidden"] = [width] * layers
         opts = cls.read_options(opts)
+        cls.check_fit(size, opts, batch)
         learner = build_learner(kind, opts, size, "cpu", seed, frames)  # a bad option fails here, before any run
         if kind == first:
             target = learner.n_weights()

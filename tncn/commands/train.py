@@ -253,6 +253,7 @@ def run(args) -> int:
         set_rng_state(saved.rng)
     else:
         torch.manual_seed(config["seed"])
+        learner_class(config["model"]).check_fit(len(vocab), runs.learner_options(config), config["batch_size"])
         learner = build_learner(config["model"], runs.learner_options(config), len(vocab), device, config["seed"],
                                 frames)
         progress = Progress()

@@ -104,6 +104,7 @@ def run(args) -> int:
     corpus, vocab, common = open_task(o, ("train", "valid"))
     frames = common["level"] == "frames"
     base = cls.read_options({**fixed, "hidden": own["hidden"]})
+    cls.check_fit(len(vocab), base, o["batch_size"])
     metric = "bce" if frames else "bpc"
     baseline = no_context(corpus, vocab)
     device = common.pop("device")

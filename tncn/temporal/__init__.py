@@ -1,7 +1,8 @@
 """Temporal models and their sequence learners, in one registry.
 
 The P-TNCN (local learning, no BPTT; ``ptncn.py``), the RNN/GRU/LSTM/Elman baselines trained by
-full or truncated BPTT (``bptt*.py``) and the echo state network (``esn.py``). Every learner is a
+full or truncated BPTT (``bptt*.py``), the echo state network (``esn.py``) and the online
+learners of an Elman network without BPTT (``online.py``: ``rtrl.py``, ``uoro.py``, ``snap1.py``). Every learner is a
 ``tncn.temporal.base.SequenceLearner``; ``LEARNERS`` maps its name to its class, and adding a
 learner is one file and one line here (docs/adding_a_learner.md).
 """
@@ -12,9 +13,12 @@ from tncn.temporal.base import SequenceLearner
 from tncn.temporal.bptt_learner import GRU, LSTM, RNN, Elman
 from tncn.temporal.esn import ESN
 from tncn.temporal.ptncn_learner import PTNCNLearner
+from tncn.temporal.rtrl import RTRL
+from tncn.temporal.snap1 import SnAp1
+from tncn.temporal.uoro import UORO
 
 LEARNERS: dict[str, type[SequenceLearner]] = {
-    cls.name: cls for cls in (PTNCNLearner, LSTM, GRU, RNN, Elman, ESN)
+    cls.name: cls for cls in (PTNCNLearner, LSTM, GRU, RNN, Elman, ESN, RTRL, UORO, SnAp1)
 }
 
 

@@ -18,7 +18,9 @@ class; a worked example is docs/adding_a_learner.md.
   runs under ``torch.no_grad()`` with memory flat in sequence length;
 - ``n_params(size, hidden, options)``: its weight count in closed form (trainable and fixed; None
   where it does not declare one), so that ``--match params`` can size it (``width_for_params``);
-  ``depth``: the number of layers ``--match params`` gives it (None: the first model's depth).
+  ``depth``: the number of layers ``--match params`` gives it (None: the first model's depth);
+  ``check_fit(size, options, batch)``: refuses, before a run starts, a model that cannot train on
+  that batch (RTRL's memory).
 
 **The protocol** (implemented here once, for every learner):
 
@@ -164,6 +166,11 @@ class SequenceLearner(abc.ABC):
             mid = (lo + hi) // 2
             lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
         return lo - 1 if lo > 1 and target - count(lo - 1) <= count(lo) - target else lo
+
+    @classmethod
+    def check_fit(cls, size: int, options: dict, batch: int) -> None:
+        """Refuse, with a one-line UserError, a model too large to train on ``batch`` streams
+        (RTRL's influence matrices); called before a run writes anything. Default: every size fits."""
 
     @classmethod
     def training_label(cls, options: dict) -> str:
