@@ -98,8 +98,8 @@ def test_trace_size_is_the_closed_form():
     assert trace_floats(50, [8, 4]) == 8 * p1 + 4 * (p1 + p2)
     assert trace_bytes(50, [8], 32) == 2 * 4 * 32 * trace_floats(50, [8])
     learner = build_learner("rtrl", {"hidden": [8, 4]}, 50)
-    learner.train_segment(_stream(False, torch.Generator().manual_seed(0))[0])
-    assert sum(m[0].numel() for m in learner.carry_state()["trace"]["M"]) == trace_floats(50, [8, 4])
+    learner.train_segment(bench.random_batch(50, 4, 32, torch.Generator().manual_seed(0), reset=True))
+    assert sum(m.numel() for m in learner.carry_state()["trace"]["M"]) == 32 * trace_floats(50, [8, 4])
 
 
 def test_a_width_over_the_memory_limit_is_refused_with_the_widest_that_fits():

@@ -88,7 +88,7 @@ def _influence_error(hidden, frames, N, T=6):
             h1, step = forward_step(model, h1, xs[t], torch.ones(1), slopes=True)
             exact.advance(step)
     P = est.theta.shape[1]
-    M = torch.cat([torch.nn.functional.pad(m[0], (0, P - m.shape[2])) for m in exact.M])  # [S, P]
+    M = torch.cat([torch.nn.functional.pad(m, (0, P - m.shape[1])) for m in exact.influence(0)])  # [S, P]
     mean = torch.einsum("bi,bp->ip", torch.cat(est.s, 1), est.theta) / N
     return float((mean - M).norm() / M.norm())
 

@@ -19,8 +19,9 @@ summed over the scored rows and divided by B, as ``tncn.temporal.esn`` and P-TNC
 2. the exact readout gradient, δ_t = ∂ℓ_t/∂o_t = (ŷ_t − x_t) ⊙ s_t / B (s_t the score mask):
    ∂W_out = h^{Lᵀ}_{t-1} δ_t, ∂b_out = Σ_rows δ_t, and q_t = ∂ℓ_t/∂h^L_{t-1} = δ_t W_outᵀ;
 3. the learner's estimate of ∂ℓ_t/∂θ = q_t ∂h^L_{t-1}/∂θ from its trace of the influence
-   ∂s_{t-1}/∂θ (``Trace.gradient``), written into ``param.grad``; the gradient norm clipped to
-   ``clip_grad``; the optimizer steps (every time step, online);
+   ∂s_{t-1}/∂θ (``Trace.gradient``), written into ``param.grad``; its norm clipped to
+   ``clip_grad`` (the estimate only, not the exact readout gradient); the optimizer steps (every
+   time step, online), θ at ``lr_recurrent`` times the readout's learning rate;
 4. the network consumes x_t (with the updated weights) and the learner carries its trace forward
    from ∂s_{t-1}/∂θ to ∂s_t/∂θ (``Trace.advance``), from the step's inputs, pre-activations and
    states.
@@ -44,7 +45,7 @@ from tncn import space
 from tncn.layers import differentiable_activations, get_activation, grad_buffer
 from tncn.metrics import Tally
 from tncn.optim import SCHEDULE, optimizer_options
-from tncn.options import FLOAT, STR, Option, non_negative
+from tncn.options import FLOAT, STR, Option, non_negative, positive
 from tncn.temporal import bptt
 from tncn.temporal.base import SequenceLearner, hidden_option
 
@@ -56,16 +57,25 @@ ACTIVATIONS = tuple(a for a in differentiable_activations() if a != "softmax")
 class Step:
     """One time step of the network, what a trace needs to advance: per layer l (0-based) the
     input x^l (ids [B] for the first layer of a token model), the state before, the
-    pre-activation, the state after and f′(a) (``prev``, ``pre``, ``new``, ``slope``), and
-    ``keep`` [B, 1] (the rows that consumed a symbol)."""
+    pre-activation, the state after and f′(a) (``prev``, ``pre``, ``new``, ``slope``), ``keep``
+    [B, 1] (the rows that consumed a symbol) and ``full`` (every row did)."""
 
-    def __init__(self, inputs: list, prev: list, pre: list, new: list, slope: list, keep: Tensor):
-        self.inputs, self.prev, self.pre, self.new, self.slope, self.keep = inputs, prev, pre, new, slope, keep
+    def __init__(self, inputs: list, prev: list, pre: list, new: list, slope: list, keep: Tensor, full: bool):
+        self.inputs, self.prev, self.pre, self.new, self.slope = inputs, prev, pre, new, slope
+        self.keep, self.full = keep, full
+
+    def kept(self, new: Tensor, old: Tensor) -> Tensor:
+        """``new`` on the rows that consumed a symbol, ``old`` on the others (rows: the first axis)."""
+        if self.full:
+            return new
+        return torch.where(self.keep.view(-1, *[1] * (new.dim() - 1)), new, old)
 
 
-def forward_step(model: bptt.ElmanLM, h: list, x: Tensor, m: Tensor, slopes: bool = False) -> tuple[list, Optional[Step]]:
-    """The states after consuming x (ids [B] or frames [B, D]; rows with mask 0 keep theirs) and,
-    with ``slopes``, the ``Step`` a trace advances on."""
+def forward_step(model: bptt.ElmanLM, h: list, x: Tensor, m: Tensor, slopes: bool = False,
+                 full: bool = False) -> tuple[list, Optional[Step]]:
+    """The states after consuming x (ids [B] or frames [B, D]; rows with mask 0 keep theirs;
+    ``full``: the caller knows every row has mask 1) and, with ``slopes``, the ``Step`` a trace
+    advances on."""
     keep = m.unsqueeze(1) > 0
     inputs, pres, news, slope = [], [], [], []
     u = x
@@ -80,10 +90,11 @@ def forward_step(model: bptt.ElmanLM, h: list, x: Tensor, m: Tensor, slopes: boo
             inputs.append(u)
             pres.append(a)
             slope.append(layer.act.backward(a, new, torch.ones_like(a)))
-        new = torch.where(keep, new, h[l])
+        if not full:
+            new = torch.where(keep, new, h[l])
         news.append(new)
         u = new
-    return news, (Step(inputs, list(h), pres, news, slope, keep) if slopes else None)
+    return news, (Step(inputs, list(h), pres, news, slope, keep, full) if slopes else None)
 
 
 def recurrent_params(model: bptt.ElmanLM) -> list[tuple[str, nn.Parameter]]:
@@ -130,21 +141,30 @@ class OnlineLearner(SequenceLearner):
     depth = 1
 
     @staticmethod
-    def common_options(hidden: list, lr: float, clip: float, help: str) -> tuple:
+    def common_options(hidden: list, lr: float, clip: float, help: str, lr_recurrent: float = 1.0) -> tuple:
         """The options every online learner declares, with its own defaults."""
         return (
             hidden_option(hidden, help),
             Option("activation", STR, "tanh", "state activation f (pointwise, with a derivative)", choices=ACTIVATIONS),
-            Option("clip_grad", FLOAT, clip, "clip the norm of each step's gradient to this (0: off)",
+            Option("clip_grad", FLOAT, clip, "clip the norm of each step's gradient of θ to this (0: off)",
                    check=non_negative, space=space.log_range(0.1, 20.0)),
             *optimizer_options("adam", lr), *SCHEDULE,
+            Option("lr_recurrent", FLOAT, lr_recurrent, "learning rate of θ as a fraction of lr (the readout "
+                   "learns at lr)", check=positive, space=space.log_range(0.01, 1.0)),
         )
+
+    def param_groups(self):
+        """θ at lr · ``lr_recurrent``, the readout at lr."""
+        theta = [p for _, p in recurrent_params(self.model)]
+        return [{"params": theta, "lr": self.options["lr"] * self.options["lr_recurrent"]},
+                {"params": list(self.model.head.parameters())}]
 
     def __init__(self, *args, **kwargs):
         self._h: Optional[list] = None  # the carried state s
         self._trace: Optional[Trace] = None
         self._sum: Optional[dict] = None  # summed_gradient's accumulator
         super().__init__(*args, **kwargs)
+        self._theta = [p for _, p in recurrent_params(self.model)]
 
     @classmethod
     def n_params(cls, size: int, hidden: list, options: dict) -> int:
@@ -201,8 +221,8 @@ class OnlineLearner(SequenceLearner):
             for name, p in self.model.named_parameters():
                 self._sum[name] += p.grad
             return
-        if self.options["clip_grad"] > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.options["clip_grad"])
+        if self.options["clip_grad"] > 0:  # the estimate only: the readout's gradient is exact
+            nn.utils.clip_grad_norm_(self._theta, self.options["clip_grad"])
         self.opt.step()
 
     def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:
@@ -218,6 +238,7 @@ class OnlineLearner(SequenceLearner):
         if learn:
             weight = score.to(self.model.head.weight.dtype).unsqueeze(2) / B  # s_t / B, [T, B, 1]
             rows = torch.arange(B, device=self.device)
+        full = batch.mask.bool().all(dim=1).tolist()  # on the CPU: no device sync per step
         for t, n in enumerate(batch.score.sum(dim=1).tolist()):
             if n:
                 top = self._h[-1]
@@ -229,7 +250,7 @@ class OnlineLearner(SequenceLearner):
                     q = self._readout_grad(top, logits, x[t], weight[t], rows)
                     self._trace.gradient(q)
                     self._apply()
-            self._h, step = forward_step(self.model, self._h, x[t], mask[t], slopes=learn)
+            self._h, step = forward_step(self.model, self._h, x[t], mask[t], slopes=learn, full=full[t])
             if learn:
                 self._trace.advance(step)
         return Tally(float(bits), batch.n_scored, int(hits))

@@ -56,7 +56,8 @@ def trace_bytes(size: int, hidden: list, batch: int) -> int:
 
 
 class RTRLTrace(Trace):
-    """The influence matrices M^l [B, H_l, P_≤l]."""
+    """The influence matrices, unit-major: M^l [H_l, B, P_≤l] (so that each product of the
+    recursion is one matrix multiply over all streams)."""
 
     def __init__(self, model, batch: int, learner):
         super().__init__(model, batch, learner)
@@ -67,36 +68,41 @@ class RTRLTrace(Trace):
         for layer, rec in zip(model.inputs, model.recurrent):
             self.offsets.append(below)
             below += layer.weight.numel() + layer.bias.numel() + rec.weight.numel()
-            self.M.append(torch.zeros(batch, rec.weight.shape[0], below, device=w.device, dtype=w.dtype))
+            self.M.append(torch.zeros(rec.weight.shape[0], batch, below, device=w.device, dtype=w.dtype))
+
+    def influence(self, b: int) -> list[Tensor]:
+        """Stream b's ∂h^l/∂θ^{≤l} [H_l, P_≤l], per layer."""
+        return [m[:, b] for m in self.M]
 
     def gradient(self, q: Tensor) -> None:
-        g = torch.einsum("bi,bip->p", q, self.M[-1])
-        write(self.params, torch.split(g, [p.numel() for _, p in self.params]))
+        M = self.M[-1]
+        g = q.T.reshape(1, -1) @ M.view(-1, M.shape[2])  # Σ_b Σ_i q[b, i] M[i, b, ·]
+        write(self.params, torch.split(g[0], [p.numel() for _, p in self.params]))
 
     def advance(self, step: Step) -> None:
         B = self.batch
         rows = torch.arange(B, device=self.M[0].device)
         new_M = []
         for l, (layer, rec) in enumerate(zip(self.model.inputs, self.model.recurrent)):
-            H = rec.weight.shape[0]
-            new = torch.matmul(rec.weight.T, self.M[l])  # Σ_k W_rec[k, i] M[k, ·]
+            H, old = rec.weight.shape[0], self.M[l]
+            new = (rec.weight.T @ old.view(H, -1)).view(old.shape)  # Σ_k W_rec[k, i] M[k, ·]
             if l:
-                below = new_M[l - 1].shape[2]
-                new[:, :, :below] += torch.matmul(layer.weight.T, new_M[l - 1])
-            # the immediate term on this layer's own columns
+                below = new_M[l - 1]
+                new[:, :, :below.shape[2]] += (layer.weight.T @ below.view(below.shape[0], -1)).view(H, B, -1)
+            # the immediate term on this layer's own columns, on the diagonal i = m
             start, n_in = self.offsets[l], layer.weight.shape[0]
-            w_in = new[:, :, start:start + n_in * H].view(B, H, n_in, H).diagonal(dim1=1, dim2=3)  # [B, n_in, H]
+            w_in = new[:, :, start:start + n_in * H].view(H, B, n_in, H).diagonal(dim1=0, dim2=3)  # [B, n_in, H]
             x = step.inputs[l]
             if x.is_floating_point():
                 w_in += x.unsqueeze(2)
             else:
                 w_in[rows, x] += 1.0
             start += n_in * H
-            new[:, :, start:start + H].diagonal(dim1=1, dim2=2).add_(1.0)
+            new[:, :, start:start + H].diagonal(dim1=0, dim2=2).add_(1.0)
             start += H
-            new[:, :, start:start + H * H].view(B, H, H, H).diagonal(dim1=1, dim2=3).add_(step.prev[l].unsqueeze(2))
-            new *= step.slope[l].unsqueeze(2)
-            new_M.append(torch.where(step.keep.unsqueeze(2), new, self.M[l]))
+            new[:, :, start:start + H * H].view(H, B, H, H).diagonal(dim1=0, dim2=3).add_(step.prev[l].unsqueeze(2))
+            new *= step.slope[l].T.unsqueeze(2)
+            new_M.append(new if step.full else torch.where(step.keep.view(1, B, 1), new, old))
         self.M = new_M
 
     def state(self) -> dict:

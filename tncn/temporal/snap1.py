@@ -55,7 +55,7 @@ class SnAp1Trace(Trace):
         grads = [None] * len(self.params)
         for l in reversed(range(len(self.slope))):
             for i in range(3 * l, 3 * l + 3):
-                grads[i] = torch.einsum("bm,b...m->...m", q, self.J[i])
+                grads[i] = (self.J[i] * _unitwise(q, self.J[i])).sum(0)  # Σ_b q[b, m] J[b, ·, m]
             if l:
                 q = (q * self.slope[l]) @ self.model.inputs[l].weight.T
         write(self.params, grads)
@@ -63,18 +63,19 @@ class SnAp1Trace(Trace):
     def advance(self, step: Step) -> None:
         rows = torch.arange(self.batch, device=step.keep.device)
         for l, rec in enumerate(self.model.recurrent):
-            diag, x = rec.weight.diagonal(), step.inputs[l]
+            d, x = step.slope[l], step.inputs[l]
+            decay = d * rec.weight.diagonal()  # D[b, m] W_rec[m, m]
             w_in, b, w_rec = self.J[3 * l:3 * l + 3]
-            new_in = w_in * diag  # W_rec[m, m] J[·, m], plus the immediate term:
-            if x.is_floating_point():
-                new_in += x.unsqueeze(2)
+            new_in = w_in * _unitwise(decay, w_in)
+            if x.is_floating_point():  # + D[b, m] x[b, j]
+                new_in.addcmul_(x.unsqueeze(2).to(d.dtype), d.unsqueeze(1))
             else:
-                new_in[rows, x] += 1.0
-            news = (new_in, b * diag + 1.0, torch.addcmul(step.prev[l].unsqueeze(2), w_rec, diag))
+                new_in[rows, x] += d
+            news = (new_in, torch.addcmul(d, b, decay),
+                    torch.addcmul(w_rec * _unitwise(decay, w_rec), step.prev[l].unsqueeze(2), d.unsqueeze(1)))
             for i, new in enumerate(news, start=3 * l):
-                new *= _unitwise(step.slope[l], new)
-                self.J[i] = torch.where(_unitwise(step.keep, new), new, self.J[i])
-            self.slope[l] = torch.where(step.keep, step.slope[l], self.slope[l])
+                self.J[i] = step.kept(new, self.J[i])
+            self.slope[l] = step.kept(d, self.slope[l])
 
     def state(self) -> dict:
         return {"J": list(self.J), "slope": list(self.slope)}
