@@ -5,7 +5,7 @@ IEEE TNNLS 2020, §V).
 Trains each model of ``--models`` with ``tncn train`` for ``--minutes`` (all at once, one thread
 each, so they share the machine's load alike; ``--one-at-a-time`` runs them in turn), the others
 with the width whose weight count is closest to P-TNCN's at ``--hidden`` (``tncn compare --match
-params``); then scores each checkpoint with ``tncn eval`` on the test split of bouncing MNIST and,
+params``; ``--set MODEL:hidden=W`` fixes one, e.g. RTRL's, which cannot afford P-TNCN's count); then scores each checkpoint with ``tncn eval`` on the test split of bouncing MNIST and,
 zero-shot, of bouncing notMNIST (with and without the state-correction phase for the models that
 have one; weights checked unchanged), and prints one table:
 
@@ -51,19 +51,20 @@ def main() -> None:
 
     hidden = args.hidden
     models = sizing.model_list(args.models)
-    options, _ = sizing.plan(["ptncn", *(m for m in models if m != "ptncn")], 64 * 64, hidden, "params", None, {},
-                             frames=True)
+    args.set = [s for s in SETTINGS if s.partition(":")[0] in models] + args.set
+    sets = sizing.parse_sets(args.set, models)
+    options, _ = sizing.plan(["ptncn", *(m for m in models if m != "ptncn")], 64 * 64, hidden, "params", None, sets,
+                             frames=True, batch=32)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     root = ["--data-root", args.data_root] if args.data_root else []
-    args.set = [s for s in SETTINGS if s.partition(":")[0] in models] + args.set
-    sets = sizing.parse_sets(args.set, models)
     common = ["--data", args.data, *root, "--minutes", str(args.minutes), "--eval-every", "0", "--threads", "1",
               "--force"]
     procs = []
     for kind in models:
-        own = [x for key, value in sets[kind].items() for x in ("--" + key.replace("_", "-"), str(value))]
+        own = [x for key, value in sets[kind].items() if key != "hidden"
+               for x in ("--" + key.replace("_", "-"), str(value))]
         cmd = [sys.executable, "-m", "tncn", "train", "--model", kind,
                "--hidden", ",".join(map(str, options[kind]["hidden"])), *own, *common, "--out", str(out / kind)]
         print(" ".join(cmd[2:]), flush=True)

@@ -84,16 +84,27 @@ def test_reference_preset_keeps_the_baselines_optimizer():
     assert resolve({"model": "lstm", "lr": 0.5}, "reference")["lr"] == 0.5
 
 
-def test_quick_preset_keeps_ptncn_reference_recipe_on_text_and_adam_on_video(tmp_path):
-    """docs/stability.md: on text P-TNCN's Adam run degrades, so the quick preset leaves P-TNCN's
-    own Nesterov recipe; on video it trains P-TNCN with Adam 2e-3 (its measured better choice)."""
+def test_quick_preset_recipes_follow_the_budget(tmp_path):
+    """The quick preset's measured P-TNCN recipes (README, "Tuning"): on text Adam 2e-3 halving
+    every 150 of its 400 steps, the half-life scaled to another --steps, and P-TNCN's own
+    Nesterov recipe under a budget that does not fix the step count or another optimizer; on
+    video Adam 2e-3 (no schedule, so under any budget)."""
     from tncn import presets
     from tncn.commands.train import resolve
 
     text = resolve({}, "quick")
-    assert (text["optimizer"], text["lr"], text["hidden"], text["steps"]) == ("nesterov", 0.075, [128, 128], 400)
+    assert (text["optimizer"], text["lr"], text["half_life"], text["hidden"], text["steps"]) == \
+        ("adam", 2e-3, 150, [128, 128], 400)
+    assert resolve({"steps": 800}, "quick")["half_life"] == 300
+    for budget in ({"minutes": 3.0}, {"tokens": 10**6}, {"epochs": 1.0}):
+        own = resolve(budget, "quick")
+        assert (own["optimizer"], own["lr"], own["half_life"]) == ("nesterov", 0.075, None)
+    other = resolve({"optimizer": "nesterov"}, "quick")
+    assert (other["lr"], other["half_life"]) == (0.075, None)
+    assert resolve({"lr": 3e-3}, "quick")["lr"] == 3e-3  # the command line wins, the recipe stays
     frames = resolve({"data": "bouncing-glyphs"}, "quick")
     assert (frames["optimizer"], frames["lr"], frames["level"]) == ("adam", 2e-3, "frames")
+    assert resolve({"data": "bouncing-glyphs", "minutes": 2.0}, "quick")["optimizer"] == "adam"
     assert resolve({"data": "bouncing-glyphs", "lr": 0.01}, "quick")["lr"] == 0.01  # the command line wins
     lstm = resolve({"model": "lstm", "data": "bouncing-glyphs"}, "quick")
     assert (lstm["optimizer"], lstm["lr"]) == ("adam", 1e-3)  # other learners keep their own

@@ -108,7 +108,9 @@ def test_train_eval_sample_end_to_end(corpus, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("protocol, stop", [("stream", 3), ("lines", 4)])
 def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, protocol, stop):
-    extra = ["--protocol", protocol] + (["--seq-len", "6"] if protocol == "stream" else [])
+    # a schedule scaled to the budget (the quick preset's, under --steps) differs between a 6-step
+    # run and a 3-step one by design: keep it out of this comparison
+    extra = ["--protocol", protocol, "--half-life", "none"] + (["--seq-len", "6"] if protocol == "stream" else [])
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(tiny_args(corpus, whole, "--steps", "6", *extra)) == 0
     assert main(tiny_args(corpus, parts, "--steps", str(stop), *extra)) == 0

@@ -46,19 +46,22 @@ from tncn.temporal import LEARNERS, build_learner, learner_class
 from tncn.train import BUDGET_KEYS, Budget, Progress, fit, generate
 
 PRESETS = {
-    # the quick default: learns within a few minutes on 2 CPU cores. On text P-TNCN keeps its
-    # reference recipe (Nesterov SGD): under Adam its weights drift and the run degrades
-    # (docs/stability.md), and the recipe tncn tune found best for one minute is worse from five
-    # minutes on (README, "Tuning"). On video Adam 2e-3 is far ahead at this budget (479 against
-    # 579 nats BCE per frame after 2 minutes of bouncing glyphs) and it is what the video runs used.
+    # the quick default: learns within a few minutes on 2 CPU cores. Its recipes for P-TNCN (under
+    # ``text`` and ``video``) are the best measured at its 400 steps (README, "Tuning"): on text
+    # Adam 2e-3 with the rate halving every 150 steps (0.26 BPC ahead of the reference Nesterov
+    # recipe on the embedded corpus, 0.22 on tiny-shakespeare, never seen in tuning); a constant
+    # Adam rate degrades over a longer run (docs/stability.md), the decay is what keeps it. On
+    # video Adam 2e-3 (479 against 579 nats BCE per frame after 2 minutes of bouncing glyphs).
     "quick": dict(hidden=[128, 128], steps=400, eval_every=100,
+                  text=dict(ptncn=dict(optimizer="adam", lr=2e-3, half_life=150)),
                   video=dict(ptncn=dict(optimizer="adam", lr=2e-3))),
     # the paper's PTB settings (Ororbia et al. 2020; the official code); the optimizer is each
     # learner's own default (P-TNCN's is the reference Nesterov SGD, lr 0.075, momentum 0.95)
     "reference": dict(protocol="lines", batch_size=50, hidden=[1000, 1000], epochs=1, eval_every=0),
 }
 """Presets: run settings and options of every learner that has them, (under a learner's name)
-options of that learner only, and (under ``video``) learner options for video data."""
+options of that learner only, and (under ``text`` and ``video``) a learner's recipe for that kind
+of data (``recipe``: it follows the budget)."""
 DEFAULT_MODEL = "ptncn"
 OWN = (Option("eval_every", INT, 0, "validate every N steps; 0: only at the end", check=non_negative),
        Option("preset", STR, "quick", "options not given on the command line come from this preset: quick, "
@@ -91,7 +94,8 @@ def _model_in(argv) -> str:
 def _preset_text(name: str) -> str:
     def show(items: dict) -> str:
         return ", ".join(f"{k} {','.join(map(str, v)) if isinstance(v, list) else v}" if not isinstance(v, dict)
-                         else f"{'on' if k == 'video' else 'for'} {k} {show(v)}" for k, v in items.items())
+                         else f"on {k} {show(v)}" if k in ("text", "video") else f"{k}: {show(v)}"
+                         for k, v in items.items())
     return show(PRESETS[name])
 
 
@@ -103,7 +107,9 @@ def register(sub, argv=None) -> None:
                     "curves.png). With no option: a 2-layer P-TNCN character model on the embedded corpus, "
                     "a few minutes on 2 CPU cores. Options not given come from --preset (quick: "
                     f"{_preset_text('quick')}; reference: {_preset_text('reference')}), then from the learner's "
-                    "own defaults shown below.",
+                    "own defaults shown below. A preset's recipe for text or video follows the budget: with "
+                    "--steps N its half-life scales to N; under --minutes, --tokens or --epochs, or with "
+                    "another --optimizer, the learner's own recipe applies.",
         parents=[flags.parent("data", "data_root", "level", "protocol", "seq_len", "batch_size", title="data"),
                  flags.parent(*flags.VIDEO, title="video data"),
                  flags.budget(helps={"minutes": "training budget: wall time in minutes, validation included"}),
@@ -132,11 +138,29 @@ def _explicit(args) -> dict:
     return out
 
 
+def recipe(preset: dict, kind: str, model: str, explicit: dict) -> dict:
+    """The preset's recipe of ``model`` for ``kind`` of data (text, video) as the command line
+    leaves it: whole under the preset's budget; with ``--steps N`` its half-life scaled by N over
+    the preset's steps; none under another budget (a minutes, tokens or epochs budget does not
+    fix the step count a schedule is tuned for: the learner's own recipe, stable at any length)
+    or another ``--optimizer`` (its learning rate belongs to the recipe's optimizer)."""
+    own = dict(preset.get(kind, {}).get(model, {}))
+    if not own or explicit.get("optimizer", own.get("optimizer")) != own.get("optimizer"):
+        return {}
+    if not any(k in explicit for k in BUDGET_KEYS):
+        return own
+    if "half_life" in own:
+        if "steps" not in explicit or not preset.get("steps"):
+            return {}
+        own["half_life"] = max(1, round(own["half_life"] * explicit["steps"] / preset["steps"]))
+    return own
+
+
 def resolve(explicit: dict, preset: str) -> dict:
     """The run's options: the learner's defaults < the run defaults < the preset < the command line.
 
     A preset file gives learner options over the quick preset's run settings."""
-    own = {}
+    own: dict = {}
     if presets.is_file(preset):
         model, own, _ = presets.load(preset)
         if explicit.get("model", model) != model:
@@ -146,8 +170,8 @@ def resolve(explicit: dict, preset: str) -> dict:
     cls = learner_class(explicit.get("model", DEFAULT_MODEL))
     is_video = video.is_video(explicit.get("data", flags.FLAGS["data"].default))
     keys = [*RUN_KEYS, *(flags.VIDEO if is_video else ())]
-    on_video = base.get("video", {}).get(cls.name, {}) if is_video else {}
-    items = {**base, **base.get(cls.name, {}), **on_video, **own}
+    on_data = {} if own else recipe(base, "video" if is_video else "text", cls.name, explicit)  # a file: its own
+    items = {**base, **base.get(cls.name, {}), **on_data, **own}
     chosen = {k: v for k, v in items.items() if k in keys or k in cls.defaults()}
     if any(k in explicit for k in BUDGET_KEYS):
         chosen = {k: v for k, v in chosen.items() if k not in BUDGET_KEYS}
