@@ -27,6 +27,22 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def segment(x: torch.Tensor, reset: bool, pad: int = 0):
+    """A ``Batch`` of observations x [T, B] (ids) or [T, B, D] (frames): every position real and
+    scored but the first after a reset; ``pad`` > 0 turns the last ``pad`` positions of row 1 into
+    padding (as the lines protocol pads a short sentence)."""
+    from sequences.batching import Batch
+
+    mask = torch.ones(x.shape[:2], dtype=x.dtype if x.is_floating_point() else torch.float32)
+    if pad:
+        mask[-pad:, 1] = 0
+        x[-pad:, 1] = 0
+    score = mask.bool()
+    if reset:
+        score[0] = False
+    return Batch(x, mask, score, reset)
+
+
 @pytest.fixture(autouse=True)
 def keep_threads():
     """Commands set torch's thread count; every test starts with the suite's one thread."""

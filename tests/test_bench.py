@@ -54,3 +54,6 @@ def test_bench_command_writes_json(tmp_path):
         assert r["fraction_of_matmul_peak"] == pytest.approx(r["useful_gflops"] / result["matmul_gflops"])
         assert r["fraction_of_bound"] == pytest.approx(r["tokens_per_s"] / r["bound_tokens_per_s"])
     assert all(r["peak_memory_mb"] > 50 for r in memory)  # a process with torch loaded
+    online = {r["config"].split(" L=1")[0]: r for r in result["rows"] if " L=1 " in r["config"]}
+    assert set(online) == {"RTRL", "UORO", "SnAp-1"}  # --quick: the first width of each
+    assert all(r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 50 for r in online.values())

@@ -162,6 +162,8 @@ def test_terminating_compare_ends_its_child_run(tiny, tmp_path):
     (["--models", "lstm", "--memory", "--tokens", "10"], "drop --minutes/--tokens"),
     (["--models", "lstm", "--memory", "--lengths", "1,10"], "--lengths must be at least 2"),
     (["--models", "lstm", "--tokens", "10", "--batch-size", "100000"], "larger than the data"),
+    (["--models", "rtrl", "--tokens", "10", "--set", "rtrl:max_memory=1e-6"], "RTRL at hidden"),
+    (["--models", "uoro", "--tokens", "10", "--set", "uoro:activation=sign"], "uoro:activation must be one of"),
 ])
 def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, args, message):
     assert _compare(tiny, tmp_path / "x", *args) == 2

@@ -15,6 +15,7 @@ import json
 import pytest
 import torch
 
+from conftest import segment
 from sequences.batching import Batch
 from tncn import learners
 from tncn.errors import UserError
@@ -41,15 +42,7 @@ def _batches(frames) -> list[Batch]:
     gen = torch.Generator().manual_seed(0)
     out = []
     for reset, pad in ((True, 0), (False, 0), (False, 0), (True, 2), (True, 0)):
-        x = _x(5, 3, frames, gen)
-        mask = torch.ones(5, 3)
-        if pad:
-            mask[-pad:, 1] = 0.0
-            x[-pad:, 1] = 0
-        score = mask.bool()
-        if reset:
-            score[0] = False
-        out.append(Batch(x, mask, score, reset))
+        out.append(segment(_x(5, 3, frames, gen), reset, pad))
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import segment
 from sequences.batching import Batch
 from tncn import bench
 from tncn.errors import UserError
@@ -28,14 +29,7 @@ def _stream(frames: bool, gen: torch.Generator) -> list[Batch]:
     out = []
     for reset, pad in ((True, 0), (False, 0), (True, 2)):
         x = torch.rand(6, 3, V, generator=gen).round().double() if frames else torch.randint(0, V, (6, 3), generator=gen)
-        mask = torch.ones(6, 3, dtype=torch.float64)
-        if pad:
-            mask[-pad:, 1] = 0
-            x[-pad:, 1] = 0
-        score = mask.bool()
-        if reset:
-            score[0] = False
-        out.append(Batch(x, mask, score, reset))
+        out.append(segment(x, reset, pad))
     return out
 
 

@@ -15,7 +15,7 @@ One run measures, side by side (so ratios are meaningful on a noisy shared machi
   50) at the same width, depth and batch;
 - tokens/s of the online learners of an Elman network (``rtrl``, ``uoro``, ``snap1``; one layer,
   batch 32) at H = 128 and 256, RTRL at the widths its memory limit allows (a refused width is a
-  row that says what it would need);
+  row that says what it would need), with the peak memory of a training pass over T = 100;
 - peak memory growth of one training pass over a single sequence of length T for P-TNCN and for
   the LSTM trained by full BPTT (``memory_pass``, each in a fresh process: ``peak_memory_mb``; CPU:
   growth of the peak resident set size over the set-up, the peak being reset first through
@@ -269,7 +269,10 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
                 rows.append(Row(config, note=str(err)))
                 continue
             progress(f"{cls.label} H={H} ...")
-            rows.append(Row(config, online_train_rate(kind, H, 49, 32, device, repeats)))
+            memory = peak_memory_mb(kind, {"hidden": [H]}, 100, device=device, threads=torch.get_num_threads())
+            rows.append(Row(config, online_train_rate(kind, H, 49, 32, device, repeats),
+                            peak_memory_mb=memory["peak_mb"],
+                            note=f"growth during a pass over T=100: {memory['growth_mb']:,.1f} MB"))
     if not quick:
         progress("P-TNCN word level ...")
         rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))

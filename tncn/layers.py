@@ -10,7 +10,8 @@ so that learning rules can be compared on identical networks.
   rules such as LRA-E and P-TNCN use them as they are.
   ``ltanh`` is LeCun's scaled tanh, 1.7159·tanh(2a/3).
 - ``init_weight``: named initialisers (normal with std, uniform, orthogonal, zeros).
-- ``Dense``: one synaptic layer ``a = x W (+ b)``, ``h = f(a)`` in the row-vector layout.
+- ``Dense``: one synaptic layer ``a = x W (+ b)``, ``h = f(a)`` in the row-vector layout;
+  ``readout_grad``: the exact gradient of a softmax or sigmoid readout, written in place.
 - ``Feedback``: a matrix that carries errors backward, fixed random (a buffer, FA/DFA's B) or
   learned (a parameter, LRA-E's and P-TNCN's E).
 """
@@ -174,6 +175,23 @@ def grad_buffer(prm: Tensor) -> Tensor:
     if prm.grad is None or prm.grad.shape != prm.shape:
         prm.grad = torch.empty_like(prm)
     return prm.grad
+
+
+def readout_grad(readout: "Dense", inputs: Tensor, logits: Tensor, target: Tensor, weight: Tensor, rows: Tensor,
+                 frames: bool) -> Tensor:
+    """Write into ``param.grad`` of an affine ``readout`` (logits = inputs W + b) the exact
+    gradient of its loss: the cross-entropy of the softmax against target ids, or (``frames``) the
+    binary cross-entropy of a sigmoid per unit against target values, each row weighted by
+    ``weight`` [B, 1]; ``rows`` is ``arange(B)``. Returns δ = ∂loss/∂logits."""
+    if frames:
+        delta = torch.sigmoid(logits) - target
+    else:
+        delta = torch.softmax(logits, dim=1)
+        delta[rows, target] -= 1.0
+    delta *= weight
+    torch.mm(inputs.T, delta, out=grad_buffer(readout.weight))
+    torch.sum(delta, 0, out=grad_buffer(readout.bias))
+    return delta
 
 
 class Dense(nn.Module):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tncn.layers import Dense, grad_buffer, init_weight
+from tncn.layers import Dense, init_weight, readout_grad
 from tncn.metrics import Tally
 from tncn.optim import SCHEDULE, optimizer_options
 from tncn import space
@@ -158,15 +158,7 @@ class ESN(SequenceLearner):
                rows: torch.Tensor) -> None:
         """Write the readout's gradient of this step's loss into ``param.grad``; step. ``weight``
         [B, 1] is s_t / B, ``rows`` the row indices (both made once a segment)."""
-        readout = self.model.readout
-        if self.frames:
-            delta = torch.sigmoid(logits) - x
-        else:
-            delta = torch.softmax(logits, dim=1)
-            delta[rows, x] -= 1.0
-        delta *= weight
-        torch.mm(features.T, delta, out=grad_buffer(readout.weight))
-        torch.sum(delta, 0, out=grad_buffer(readout.bias))
+        readout_grad(self.model.readout, features, logits, x, weight, rows, self.frames)
         self.opt.step()
 
     def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from tncn import space
-from tncn.layers import differentiable_activations, get_activation, grad_buffer
+from tncn.layers import differentiable_activations, get_activation, grad_buffer, readout_grad
 from tncn.metrics import Tally
 from tncn.optim import SCHEDULE, optimizer_options
 from tncn.options import FLOAT, STR, Option, non_negative, positive
@@ -205,15 +205,7 @@ class OnlineLearner(SequenceLearner):
     def _readout_grad(self, top: Tensor, logits: Tensor, x: Tensor, weight: Tensor, rows: Tensor) -> Tensor:
         """Write the readout's exact gradient; return q = ∂ℓ/∂h^L (``weight``: s_t / B, [B, 1])."""
         head = self.model.head
-        if self.frames:
-            delta = torch.sigmoid(logits) - x
-        else:
-            delta = torch.softmax(logits, dim=1)
-            delta[rows, x] -= 1.0
-        delta *= weight
-        torch.mm(top.T, delta, out=grad_buffer(head.weight))
-        torch.sum(delta, 0, out=grad_buffer(head.bias))
-        return delta @ head.weight.T
+        return readout_grad(head, top, logits, x, weight, rows, self.frames) @ head.weight.T
 
     def _apply(self) -> None:
         """The step's gradient is in ``param.grad``: clip and step (or add it to the sum)."""
