@@ -45,7 +45,7 @@ def test_bench_command_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, "-m", "tncn", "bench", "--quick", "--repeats", "1", "--json", str(out)], check=True)
     result = json.loads(out.read_text())
-    ptncn = [r for r in result["rows"] if r["config"].startswith("P-TNCN") and r["tokens_per_s"]]
+    ptncn = [r for r in result["rows"] if r["config"].startswith("P-TNCN") and "B=50" in r["config"]]
     memory = [r for r in result["rows"] if r["config"].startswith("memory")]
     assert len(ptncn) == 2 and len(memory) == 4  # --quick: H = 256 eager and compiled; T = 100, 1000
     flops = bench.ptncn_flops_per_token(tncn.PTNCN(49, [256, 256]))

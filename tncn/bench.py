@@ -225,8 +225,31 @@ class Row:
     note: str = ""
 
 
-def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
-    """Measure everything; return the JSON-ready result (also see ``format_table``)."""
+def online_rows(device, repeats: int, quick: bool, progress) -> list:
+    """The online learners' rows, beside P-TNCN at the same batch (L = 2, H = 128, B = 32)."""
+    rows = [Row("P-TNCN L=2 H=128 B=32 V=49", ptncn_train_rate([128, 128], 49, 32, device, repeats),
+                note="the same batch as the online rows")]
+    for kind in ONLINE:
+        cls = learner_class(kind)
+        widths = (32, 64, 128) if kind == "rtrl" else (128, 256)
+        for H in widths[:1] if quick else widths:
+            config = f"{cls.label} L=1 H={H} B=32 V=49"
+            try:
+                cls.check_fit(49, cls.read_options({"hidden": [H]}), 32)
+            except UserError as err:
+                rows.append(Row(config, note=str(err)))
+                continue
+            progress(f"{cls.label} H={H} ...")
+            memory = peak_memory_mb(kind, {"hidden": [H]}, 100, device=device, threads=torch.get_num_threads())
+            rows.append(Row(config, online_train_rate(kind, H, 49, 32, device, repeats),
+                            peak_memory_mb=memory["peak_mb"],
+                            note=f"growth during a pass over T=100: {memory['growth_mb']:,.1f} MB"))
+    return rows
+
+
+def run_all(device="cpu", repeats=5, quick=False, progress=print, online_only=False) -> dict:
+    """Measure everything (``online_only``: the rates and the online learners' rows); return the
+    JSON-ready result (also see ``format_table``)."""
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": repeats, "rows": []}
     progress("matrix multiply and memory bandwidth ...")
@@ -244,45 +267,32 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print) -> dict:
         useful = rate * flops / 1e9
         return Row(config, rate, useful, useful / result["matmul_gflops"], bound, rate / bound, note=note)
 
-    for H in [256] if quick else [256, 1000]:
-        rates = {}
-        for compiled in (False, True):
-            progress(f"P-TNCN H={H}{' compiled' if compiled else ''} ...")
-            rates[compiled] = ptncn_train_rate([H, H], 49, 50, device, repeats, compiled=compiled)
-            rows.append(ptncn_row(f"P-TNCN L=2 H={H} B=50 V=49{', torch.compile' if compiled else ''}",
-                                  tncn.PTNCN(49, [H, H]), rates[compiled],
-                                  f"compiled / eager = {rates[True] / rates[False]:.2f}" if compiled else ""))
-        for cell in ("lstm", "gru"):
-            progress(f"{cell.upper()} H={H} ...")
-            r = bptt_train_rate(cell, H, 2, 49, 50, 50, device, repeats)
-            rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
-                            note=f"P-TNCN / {cell.upper()} = {rates[False] / r:.2f} eager, "
-                                 f"{rates[True] / r:.2f} compiled"))
-    for kind in ONLINE:
-        cls = learner_class(kind)
-        widths = (32, 64, 128) if kind == "rtrl" else (128, 256)
-        for H in widths[:1] if quick else widths:
-            config = f"{cls.label} L=1 H={H} B=32 V=49"
-            try:
-                cls.check_fit(49, cls.read_options({"hidden": [H]}), 32)
-            except UserError as err:
-                rows.append(Row(config, note=str(err)))
-                continue
-            progress(f"{cls.label} H={H} ...")
-            memory = peak_memory_mb(kind, {"hidden": [H]}, 100, device=device, threads=torch.get_num_threads())
-            rows.append(Row(config, online_train_rate(kind, H, 49, 32, device, repeats),
-                            peak_memory_mb=memory["peak_mb"],
-                            note=f"growth during a pass over T=100: {memory['growth_mb']:,.1f} MB"))
-    if not quick:
-        progress("P-TNCN word level ...")
-        rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))
-        rows.append(ptncn_row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", tncn.PTNCN(10000, [1000, 1000]), rate))
-    for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
-        for T in [100, 1000] if quick else [100, 1000, 10000]:
-            progress(f"memory {label} T={T} ...")
-            m = peak_memory_mb(kind, {"hidden": [256, 256]}, T, device=device, threads=torch.get_num_threads())
-            rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=m["peak_mb"],
-                            note=f"growth during the pass: {m['growth_mb']:,.1f} MB"))
+    if not online_only:
+        for H in [256] if quick else [256, 1000]:
+            rates = {}
+            for compiled in (False, True):
+                progress(f"P-TNCN H={H}{' compiled' if compiled else ''} ...")
+                rates[compiled] = ptncn_train_rate([H, H], 49, 50, device, repeats, compiled=compiled)
+                rows.append(ptncn_row(f"P-TNCN L=2 H={H} B=50 V=49{', torch.compile' if compiled else ''}",
+                                      tncn.PTNCN(49, [H, H]), rates[compiled],
+                                      f"compiled / eager = {rates[True] / rates[False]:.2f}" if compiled else ""))
+            for cell in ("lstm", "gru"):
+                progress(f"{cell.upper()} H={H} ...")
+                r = bptt_train_rate(cell, H, 2, 49, 50, 50, device, repeats)
+                rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
+                                note=f"P-TNCN / {cell.upper()} = {rates[False] / r:.2f} eager, "
+                                     f"{rates[True] / r:.2f} compiled"))
+        if not quick:
+            progress("P-TNCN word level ...")
+            rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))
+            rows.append(ptncn_row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", tncn.PTNCN(10000, [1000, 1000]), rate))
+        for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
+            for T in [100, 1000] if quick else [100, 1000, 10000]:
+                progress(f"memory {label} T={T} ...")
+                m = peak_memory_mb(kind, {"hidden": [256, 256]}, T, device=device, threads=torch.get_num_threads())
+                rows.append(Row(f"memory {label} T={T} H=256 B=32", peak_memory_mb=m["peak_mb"],
+                                note=f"growth during the pass: {m['growth_mb']:,.1f} MB"))
+    rows += online_rows(device, repeats, quick, progress)
     result["matmul_gflops_50xHxH"] = shape_gflops  # the rates the bounds used, by width H
     result["rows"] = [r.__dict__ for r in rows]
     return result
