@@ -11,9 +11,10 @@ Every learner (sequence or feedforward) writes its updates into ``param.grad`` a
 
 A sequence learner also declares ``SCHEDULE``, a learning-rate schedule by training step (one
 segment of the stream, as ``--steps`` counts them), off by default: ``warmup`` W steps of linear
-warm-up, then (``half_life`` h) an exponential decay that halves the rate every h steps. The rate at step t (0-based) is lr · min(1, (t+1)/W) ·
-2^(−max(0, t+1−W)/h) (``lr_factor``). It needs no total step count, so it works the same under a
-wall-clock budget, and its step count lives in the optimizer's state (resuming continues it).
+warm-up, then (``half_life`` h) an exponential decay that halves the rate every h steps. The
+rate at step t (0-based) is lr · min(1, (t+1)/W) · 2^(−max(0, t+1−W)/h) (``lr_factor``). It
+needs no total step count, so it works the same under a wall-clock budget, and its step count
+lives in the optimizer's state (resuming continues it).
 
 ``momentum`` not given means ``MOMENTUM`` (0.95, the P-TNCN reference value) for ``momentum`` and
 ``nesterov``; it applies to the SGD family only. SGD and Adam use torch's fused kernels (one pass
@@ -121,8 +122,9 @@ def make_optimizer(name: str, params, lr: float, momentum: Optional[float] = Non
 
 
 class LazyOptimizer:
-    """The optimizer that ``options`` (the ``KEYS``, and the ``SCHEDULE`` where given) name, built on first use (evaluation and
-    sampling never need it); its state can be saved and loaded before it exists."""
+    """The optimizer that ``options`` (the ``KEYS``, and the ``SCHEDULE`` where given) name, built
+    on first use (evaluation and sampling never need it); its state can be saved and loaded
+    before it exists."""
 
     def __init__(self, options: dict, params: Callable[[], Iterable]):
         self._new = optimizer_factory(*(options[k] for k in KEYS))

@@ -23,8 +23,8 @@ summed over the scored rows and divided by B, as ``tncn.temporal.esn`` and P-TNC
    ``clip_grad`` (the estimate only, not the exact readout gradient); the optimizer steps (every
    time step, online), θ at ``lr_recurrent`` times the readout's learning rate;
 4. the network consumes x_t (with the updated weights) and the learner carries its trace forward
-   from ∂s_{t-1}/∂θ to ∂s_t/∂θ (``Trace.advance``), from the step's inputs, pre-activations and
-   states.
+   from ∂s_{t-1}/∂θ to ∂s_t/∂θ (``Trace.advance``), from the step's inputs, previous states and
+   slopes f′(a).
 
 A reset starts the state and the trace at zero. Padding (mask 0) is no symbol at all: its rows keep
 their state and trace, and they score and learn nothing. Nothing is unrolled: memory is the trace's
@@ -56,13 +56,12 @@ ACTIVATIONS = tuple(a for a in differentiable_activations() if a != "softmax")
 
 class Step:
     """One time step of the network, what a trace needs to advance: per layer l (0-based) the
-    input x^l (ids [B] for the first layer of a token model), the state before, the
-    pre-activation, the state after and f′(a) (``prev``, ``pre``, ``new``, ``slope``), ``keep``
-    [B, 1] (the rows that consumed a symbol) and ``full`` (every row did)."""
+    input x^l (``inputs``; ids [B] for the first layer of a token model), the state before
+    (``prev``) and f′(a^l) (``slope``); ``keep`` [B, 1] (the rows that consumed a symbol) and
+    ``full`` (every row did)."""
 
-    def __init__(self, inputs: list, prev: list, pre: list, new: list, slope: list, keep: Tensor, full: bool):
-        self.inputs, self.prev, self.pre, self.new, self.slope = inputs, prev, pre, new, slope
-        self.keep, self.full = keep, full
+    def __init__(self, inputs: list, prev: list, slope: list, keep: Tensor, full: bool):
+        self.inputs, self.prev, self.slope, self.keep, self.full = inputs, prev, slope, keep, full
 
     def kept(self, new: Tensor, old: Tensor) -> Tensor:
         """``new`` on the rows that consumed a symbol, ``old`` on the others (rows: the first axis)."""
@@ -77,7 +76,7 @@ def forward_step(model: bptt.ElmanLM, h: list, x: Tensor, m: Tensor, slopes: boo
     ``full``: the caller knows every row has mask 1) and, with ``slopes``, the ``Step`` a trace
     advances on."""
     keep = m.unsqueeze(1) > 0
-    inputs, pres, news, slope = [], [], [], []
+    inputs, news, slope = [], [], []
     u = x
     for l, (layer, rec) in enumerate(zip(model.inputs, model.recurrent)):
         if l == 0 and not u.is_floating_point():
@@ -88,13 +87,12 @@ def forward_step(model: bptt.ElmanLM, h: list, x: Tensor, m: Tensor, slopes: boo
         new = layer.act(a)
         if slopes:
             inputs.append(u)
-            pres.append(a)
             slope.append(layer.act.backward(a, new, torch.ones_like(a)))
         if not full:
             new = torch.where(keep, new, h[l])
         news.append(new)
         u = new
-    return news, (Step(inputs, list(h), pres, news, slope, keep, full) if slopes else None)
+    return news, (Step(inputs, list(h), slope, keep, full) if slopes else None)
 
 
 def recurrent_params(model: bptt.ElmanLM) -> list[tuple[str, nn.Parameter]]:
