@@ -14,8 +14,9 @@ One run measures, side by side (so ratios are meaningful on a noisy shared machi
 - tokens/s of the ``lstm`` and ``gru`` learners (one-hot input, Adam) with truncated BPTT (window
   50) at the same width, depth and batch;
 - tokens/s of the online learners of an Elman network (``rtrl``, ``uoro``, ``snap1``; one layer,
-  batch 32) at H = 128 and 256, RTRL at the widths its memory limit allows (a refused width is a
-  row that says what it would need), with the peak memory of a training pass over T = 100;
+  batch 32; ``--online``: only these) at H = 128 and 256, RTRL at 32, 64 and 128 (a width over
+  its memory limit is a row that says what it would need), with the peak memory of a training
+  pass over T = 100, beside P-TNCN at the same batch;
 - peak memory growth of one training pass over a single sequence of length T for P-TNCN and for
   the LSTM trained by full BPTT (``memory_pass``, each in a fresh process: ``peak_memory_mb``; CPU:
   growth of the peak resident set size over the set-up, the peak being reset first through
