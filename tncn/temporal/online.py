@@ -109,6 +109,7 @@ class Trace:
 
     def __init__(self, model: bptt.ElmanLM, batch: int, learner: "OnlineLearner"):
         self.model, self.batch, self.learner = model, batch, learner
+        self.rows = torch.arange(batch, device=model.head.weight.device)  # row indices, made once
 
     def gradient(self, q: Tensor) -> None:
         """Write the estimate of q ∂h^L_{t-1}/∂θ (q [B, H_L]) into the ``param.grad`` of θ."""

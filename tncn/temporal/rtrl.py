@@ -81,7 +81,6 @@ class RTRLTrace(Trace):
 
     def advance(self, step: Step) -> None:
         B = self.batch
-        rows = torch.arange(B, device=self.M[0].device)
         new_M = []
         for l, (layer, rec) in enumerate(zip(self.model.inputs, self.model.recurrent)):
             H, old = rec.weight.shape[0], self.M[l]
@@ -96,7 +95,7 @@ class RTRLTrace(Trace):
             if x.is_floating_point():
                 w_in += x.unsqueeze(2)
             else:
-                w_in[rows, x] += 1.0
+                w_in[self.rows, x] += 1.0
             start += n_in * H
             new[:, :, start:start + H].diagonal(dim1=0, dim2=2).add_(1.0)
             start += H

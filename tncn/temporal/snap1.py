@@ -61,7 +61,6 @@ class SnAp1Trace(Trace):
         write(self.params, grads)
 
     def advance(self, step: Step) -> None:
-        rows = torch.arange(self.batch, device=step.keep.device)
         for l, rec in enumerate(self.model.recurrent):
             d, x = step.slope[l], step.inputs[l]
             decay = d * rec.weight.diagonal()  # D[b, m] W_rec[m, m]
@@ -70,7 +69,7 @@ class SnAp1Trace(Trace):
             if x.is_floating_point():  # + D[b, m] x[b, j]
                 new_in.addcmul_(x.unsqueeze(2).to(d.dtype), d.unsqueeze(1))
             else:
-                new_in[rows, x] += d
+                new_in[self.rows, x] += d
             news = (new_in, torch.addcmul(d, b, decay),
                     torch.addcmul(w_rec * _unitwise(decay, w_rec), step.prev[l].unsqueeze(2), d.unsqueeze(1)))
             for i, new in enumerate(news, start=3 * l):
