@@ -21,7 +21,7 @@ from tncn.temporal import build_learner, learner_class
 from tncn.temporal.rtrl import trace_bytes, trace_floats
 
 V = 5
-ONLINE = ("rtrl", "uoro", "snap1")
+ONLINE = bench.ONLINE
 
 
 def _stream(frames: bool, gen: torch.Generator) -> list[Batch]:

@@ -154,8 +154,7 @@ class OnlineLearner(SequenceLearner):
 
     def param_groups(self):
         """θ at lr · ``lr_recurrent``, the readout at lr."""
-        theta = [p for _, p in recurrent_params(self.model)]
-        return [{"params": theta, "lr": self.options["lr"] * self.options["lr_recurrent"]},
+        return [{"params": self._theta, "lr": self.options["lr"] * self.options["lr_recurrent"]},
                 {"params": list(self.model.head.parameters())}]
 
     def __init__(self, *args, **kwargs):
@@ -201,11 +200,6 @@ class OnlineLearner(SequenceLearner):
 
     # ------------------------------------------------------------------ steps
 
-    def _readout_grad(self, top: Tensor, logits: Tensor, x: Tensor, weight: Tensor, rows: Tensor) -> Tensor:
-        """Write the readout's exact gradient; return q = ∂ℓ/∂h^L (``weight``: s_t / B, [B, 1])."""
-        head = self.model.head
-        return readout_grad(head, top, logits, x, weight, rows, self.frames) @ head.weight.T
-
     def _apply(self) -> None:
         """The step's gradient is in ``param.grad``: clip and step (or add it to the sum)."""
         if self._sum is not None:
@@ -237,9 +231,9 @@ class OnlineLearner(SequenceLearner):
                 b, h = self._score(logits, x[t], score[t])
                 bits += b
                 hits += h
-                if learn:
-                    q = self._readout_grad(top, logits, x[t], weight[t], rows)
-                    self._trace.gradient(q)
+                if learn:  # the readout's exact gradient, then q = ∂ℓ/∂h^L to the trace
+                    delta = readout_grad(self.model.head, top, logits, x[t], weight[t], rows, self.frames)
+                    self._trace.gradient(delta @ self.model.head.weight.T)
                     self._apply()
             self._h, step = forward_step(self.model, self._h, x[t], mask[t], slopes=learn, full=full[t])
             if learn:
