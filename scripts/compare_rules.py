@@ -1,32 +1,40 @@
-"""Compare backprop, FA, DFA and LRA-E (Ororbia & Mali, AAAI 2019, arXiv 1805.11703: its comparison
-table and update-angle figure, in spirit) on identical MLPs: a markdown table and an angle plot.
+"""The experiments of Ororbia's talk "Local Representation Alignment: A Biologically Motivated
+Algorithm for Training Neural Systems" on identical MLPs, as one script: its tables and pictures
+for docs/learners.md.
 
-Grid: rules {bp, fa, dfa, lra-e} × networks {3 hidden layers of 256, 8 hidden layers of 256
-("deep and thin")} × hidden activation {tanh, sign} × data {MNIST, Fashion-MNIST} × seeds.
-Every run is ``tncn classify`` (called in-process) with the settings of ``SETTINGS`` below, its JSON
-kept in ``--out`` (a run whose JSON exists is not repeated, so an interrupted comparison resumes).
-Rules that need f′ (bp, fa, dfa) refuse sign units: their cells say so. A control row,
-"readout only", trains just the softmax layer on the frozen random hidden layers of the same
-initial network (Adam, same epochs and batches), the floor any rule must beat to show that its
-hidden layers learn.
+Rules (``tncn.learners``): backprop, FA, DFA, LRA-E (Ororbia & Mali, AAAI 2019, arXiv 1805.11703),
+LRA with the Cauchy local loss (Ororbia et al., arXiv 1803.01834), DTP (Lee et al. 2015) and DTP
+with adaptive noise ("dtp-sigma": our reading of DTP-σ, labelled by its schedule). Parts
+(``--part``):
 
-Protocol (``PROTOCOL``): the 60k training images split 55k/5k into train/validation (split seed 0),
-the 10k test images, pixels in [0, 1], batch 50 (the LRA-E authors' minibatch size), ``--epochs``
-epochs with a cosine learning-rate schedule, weights N(0, 1/fan-in), zero biases; test error of
-the final weights. The sign columns subtract the mean training image (``--center``): on raw
-non-negative pixels LRA-E's sign networks stall (MNIST, 10k examples, 3 epochs: 61 % validation
-error raw against 29 % centred); on tanh networks centring made every rule's test error slightly
-worse in single-seed trials, so those columns use raw pixels. Angles to the backprop gradient are measured every 50 steps in
-the tanh runs and averaged per epoch; the plot shows seed 0 on MNIST.
+- ``deep``: deep and thin networks, 3×256, 8×256 and 8×64 tanh, every rule, MNIST and
+  Fashion-MNIST; LRA-E also with sign units; a control row, "readout only", trains just the softmax
+  layer on the frozen random hidden layers of the same initial network (Adam, same epochs and
+  batches), the floor any rule must beat to show that its hidden layers learn. Pictures: the angle
+  of every rule's update to backprop's per layer, the total discrepancy of LRA, LRA-E and DTP, the
+  topmost hidden layer on the test set (PCA, by class) per rule.
+- ``filters``: first-layer filters of every rule after one pass over MNIST (3×256 tanh).
+- ``null``: training from all-zero weights (``--init zeros``), MNIST 3×256, units tanh, ReLU6,
+  LWTA, SLWTA and sign, every rule that accepts the unit; the table gives the test error and
+  ‖W¹‖ after training (0.00 = never moved).
+- ``stochastic``: stochastic networks, MNIST 3×256: stochastic binary units (LRA-E; the others
+  need f′) and SLWTA units (every rule; f′ is the sampled winner's mask).
 
-Measured for docs/learners.md on a shared 2-core CPU machine (x86_64, torch 2.13 CPU), one
-single-thread process per seed side by side (on busy shared cores two OpenMP threads per process
-ran 10-20x slower than one), then the table from the stored runs::
+Every run is ``tncn classify`` (called in-process) with the settings of ``SETTINGS``; its folder
+under ``--out`` (result.json, model.pt) is kept, and a run whose result.json exists is not
+repeated, so an interrupted comparison resumes and the tables can be rebuilt from the stored
+runs. Protocol (``PROTOCOL``): the 60k training images split 55k/5k into train/validation (split
+seed 0), the 10k test images, pixels in [0, 1] (centred for two-valued units, ``tncn classify``'s
+per-activation default), batch 50, ``--epochs`` epochs with a cosine learning-rate schedule,
+weights N(0, 1/fan-in), zero biases; test error of the final weights, mean ± sd over ``--seeds``.
 
-    OMP_NUM_THREADS=1 python scripts/compare_rules.py --epochs 10 --seeds 0 --out runs/compare &
-    OMP_NUM_THREADS=1 python scripts/compare_rules.py --epochs 10 --seeds 1 --out runs/compare &
-    wait; python scripts/compare_rules.py --epochs 10 --seeds 0 1 --out runs/compare \\
-        --table docs/learners_table.md --plot docs/learners_angles.png
+Measured for docs/learners.md on a 2-core x86_64 CPU machine (torch 2.13 CPU), two single-thread
+processes side by side, then the tables and pictures from the stored runs::
+
+    OMP_NUM_THREADS=1 python scripts/compare_rules.py --part deep --seeds 0 --data mnist &
+    OMP_NUM_THREADS=1 python scripts/compare_rules.py --part deep --seeds 0 --data fashion-mnist &
+    wait   # (and the other parts and seeds likewise)
+    python scripts/compare_rules.py --part deep --seeds 0 1 --docs docs
 """
 from __future__ import annotations
 
@@ -44,52 +52,68 @@ sys.path.insert(0, str(REPO))
 
 from sequences import images  # noqa: E402
 from tncn.cli import main as tncn_main  # noqa: E402
+from tncn.commands.classify import BY_ACTIVATION  # noqa: E402
+from tncn.diagnostics import filter_grid, pca_2d, top_hidden  # noqa: E402
+from tncn.learners import LEARNERS  # noqa: E402
 from tncn.mlp import MLP, error_rate  # noqa: E402
 
-RULES = ["bp", "fa", "dfa", "lra-e"]
-NEEDS_DERIVATIVE = {"bp", "fa", "dfa"}
+RULES = ["bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"]
+LOCAL = ["fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"]  # the rules whose angles to bp are drawn
+DISCREPANCY = ["lra-e", "lra", "dtp", "dtp-sigma"]
 DATA = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-NETWORKS = {"3x256": [256] * 3, "8x256": [256] * 8}
-ACTIVATIONS = ["tanh", "sign"]
+NETWORKS = {"3x256": [256] * 3, "8x256": [256] * 8, "8x64": [64] * 8}
+NULL_UNITS = ["tanh", "relu6", "lwta", "slwta", "sign"]
+STOCHASTIC_UNITS = ["stochastic_binary", "slwta"]
 PROTOCOL = ["--batch-size", "50", "--schedule", "cosine", "--valid", "5000", "--split-seed", "0"]
-CENTER = {"tanh": False, "sign": True}
 
 SETTINGS = {
-    # (rule, activation) -> optimizer and rule options, chosen on the MNIST validation error
-    ("bp", "tanh"): ["--optimizer", "adam", "--lr", "1e-3"],
-    ("fa", "tanh"): ["--optimizer", "adam", "--lr", "1e-3"],
-    ("dfa", "tanh"): ["--optimizer", "adam", "--lr", "1e-3"],
+    # rule -> optimizer and rule options (every unit but the two-valued ones)
+    "bp": ["--optimizer", "adam", "--lr", "1e-3"],
+    "fa": ["--optimizer", "adam", "--lr", "1e-3"],
+    "dfa": ["--optimizer", "adam", "--lr", "1e-3"],
     # E ~ N(0, 1/256), on the scale of the Wᵀ it stands in for. In tanh networks each layer's local
     # error is about β times the one above, so with the paper's β = 0.1 the first layer of the
     # 8-layer net gets updates near 1e-12, below Adam's eps: β = 0.3 keeps them alive (chosen on
-    # MNIST validation error). Sign units need the small β (larger ones set off cascades of flips).
-    ("lra-e", "tanh"): ["--optimizer", "adam", "--lr", "1e-3", "--beta", "0.3"],
-    ("lra-e", "sign"): ["--optimizer", "adam", "--lr", "1e-3", "--beta", "0.1"],
+    # MNIST validation error).
+    "lra-e": ["--optimizer", "adam", "--lr", "1e-3", "--beta", "0.3"],
+    "lra": ["--optimizer", "adam", "--lr", "1e-3"],  # Cauchy loss, σ_E = 1, β = 0.03, K = 1
+    "dtp": ["--optimizer", "adam", "--lr", "1e-3"],  # η̂ = 0.1 per example, fixed σ = 0.36
+    "dtp-sigma": ["--optimizer", "adam", "--lr", "1e-3"],  # σ = 4·std(lower layer)
 }
+TWO_VALUED = {"lra-e": []}  # the rules for two-valued units, at tncn classify's per-activation defaults
 READOUT_LR = 1e-3
 
 
-def run_name(data, net, act, rule, seed):
-    return f"{data}_{net}_{act}_{rule}_s{seed}"
+def settings(rule: str, act: str) -> list[str]:
+    return TWO_VALUED[rule] if act in BY_ACTIVATION else SETTINGS[rule]
 
 
-def classify(data, net, act, rule, seed, epochs, out: Path, root) -> dict:
-    """One ``tncn classify`` run (or its stored JSON)."""
-    path = out / (run_name(data, net, act, rule, seed) + ".json")
-    if not path.exists():
+def accepts(rule: str, act: str) -> bool:
+    """Whether ``rule`` trains ``act`` units (the rules that need f′ refuse two-valued ones)."""
+    return not (LEARNERS[rule].needs_derivative and act in BY_ACTIVATION) and (
+        act not in BY_ACTIVATION or rule in TWO_VALUED)
+
+
+def run_name(data, net, act, rule, seed, init="normal", epochs=None):
+    tail = "" if init == "normal" else f"_{init}"
+    return f"{data}_{net}_{act}_{rule}_s{seed}{tail}" + (f"_e{epochs}" if epochs is not None else "")
+
+
+def classify(data, net, act, rule, seed, epochs, out: Path, root, init="normal", tag=None) -> dict:
+    """One ``tncn classify`` run (or its stored result), in its own folder under ``out``."""
+    folder = out / run_name(data, net, act, rule, seed, init, tag)
+    if not (folder / "result.json").exists():
         argv = ["classify", "--rule", rule, "--data", data, "--hidden", ",".join(map(str, NETWORKS[net])),
-                "--activation", act, "--epochs", str(epochs), "--seed", str(seed), "--no-progress",
-                "--json", str(path), *PROTOCOL, *SETTINGS[(rule, act)]]
-        if CENTER[act]:
-            argv.append("--center")
+                "--activation", act, "--epochs", str(epochs), "--seed", str(seed), "--init", init, "--no-progress",
+                "--out", str(folder), "--force", *PROTOCOL, *settings(rule, act)]
         if root:
             argv += ["--data-root", str(root)]
-        if act == "tanh":
+        if act == "tanh" and init == "normal" and tag is None and rule != "bp":
             argv += ["--angles", "50"]
         print("tncn " + " ".join(argv), flush=True)
         if tncn_main(argv) != 0:
             raise SystemExit(f"run failed: {' '.join(argv)}")
-    return json.loads(path.read_text())
+    return dict(json.loads((folder / "result.json").read_text()), folder=str(folder))
 
 
 def readout_only(data, net, act, seed, epochs, out: Path, root) -> dict:
@@ -98,14 +122,12 @@ def readout_only(data, net, act, seed, epochs, out: Path, root) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     d = images.load(data, root=root, valid=5000, seed=0)
-    if CENTER[act]:
+    if BY_ACTIVATION.get(act, {}).get("center"):
         d = d.centered()
     gen = torch.Generator().manual_seed(seed)
     mlp = MLP([d.train[0].shape[1], *NETWORKS[net], d.n_classes], activation=act, generator=gen)
     with torch.no_grad():
-        feats = d.train[0]
-        for layer in mlp.layers[:-1]:
-            feats = layer(feats)
+        feats = top_hidden(mlp, d.train[0])
     top = mlp.layers[-1]
     opt = torch.optim.Adam(top.parameters(), lr=READOUT_LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -122,6 +144,7 @@ def readout_only(data, net, act, seed, epochs, out: Path, root) -> dict:
     result = dict(rule="readout", data=data, hidden=NETWORKS[net], activation=act, epochs=epochs, seed=seed,
                   test_error=error_rate(mlp, *d.test), valid_error=error_rate(mlp, *d.valid),
                   train_seconds=time.perf_counter() - start, curve=[])
+    out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -133,62 +156,135 @@ def cell(results) -> str:
     return f"{statistics.mean(errs):.2f} ± {statistics.stdev(errs):.2f}"
 
 
-def table(results: dict, datasets, seeds) -> str:
-    cols = [(d, n, a) for d in datasets for n in NETWORKS for a in ACTIVATIONS]
-    head = "| rule | " + " | ".join(f"{DATA[d]} {n.replace('x', '×')} {a}" for d, n, a in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _net_label(net: str) -> str:
+    return net.replace("x", "×")
+
+
+# --------------------------------------------------------------------------- part (a): deep and thin
+
+def deep(args) -> dict:
+    results = {}
+    for seed in args.seeds:
+        for data in args.data:
+            for net in NETWORKS:
+                for rule in RULES:
+                    results[(data, net, "tanh", rule, seed)] = classify(
+                        data, net, "tanh", rule, seed, args.epochs, args.out, args.data_root)
+                results[(data, net, "tanh", "readout", seed)] = readout_only(
+                    data, net, "tanh", seed, args.epochs, args.out, args.data_root)
+                if net != "8x64":
+                    results[(data, net, "sign", "lra-e", seed)] = classify(
+                        data, net, "sign", "lra-e", seed, args.epochs, args.out, args.data_root)
+                    results[(data, net, "sign", "readout", seed)] = readout_only(
+                        data, net, "sign", seed, args.epochs, args.out, args.data_root)
+    return results
+
+
+def deep_tables(results, args) -> str:
+    seeds = args.seeds
+    cols = [(d, n) for d in args.data for n in NETWORKS]
+    head = ["rule"] + [f"{DATA[d]} {_net_label(n)}" for d, n in cols]
+    rows = []
     for rule in RULES + ["readout"]:
-        row = []
-        for d, n, a in cols:
-            if a != "tanh" and rule in NEEDS_DERIVATIVE:
-                row.append("needs f′")
-            else:
-                row.append(cell([results[(d, n, a, rule, s)] for s in seeds]))
         name = "readout only (control)" if rule == "readout" else rule
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append([name] + [cell([results[(d, n, "tanh", rule, s)] for s in seeds]) for d, n in cols])
+    sign_cols = [(d, n) for d in args.data for n in NETWORKS if n != "8x64"]
+    sign_rows = [[name] + [cell([results[(d, n, "sign", rule, s)] for s in seeds]) for d, n in sign_cols]
+                 for rule, name in (("lra-e", "lra-e"), ("readout", "readout only (control)"))]
+    sec_rows = [[rule] + [f"{statistics.mean(results[(d, n, 'tanh', rule, s)]['train_seconds'] / args.epochs for s in seeds):.1f}"
+                          for d, n in cols] for rule in RULES]
+    text = (f"Test error (%) after {args.epochs} epochs, tanh units, mean ± sd over seeds "
+            f"{', '.join(map(str, seeds))} (`scripts/compare_rules.py --part deep`):\n\n" + _table(head, rows)
+            + f"\n\nSign units (LRA-E at `tncn classify`'s sign defaults: centred inputs, Adam 2e-3, relative "
+              f"targets; the other rules need f′):\n\n"
+            + _table(["rule"] + [f"{DATA[d]} {_net_label(n)} sign" for d, n in sign_cols], sign_rows)
+            + "\n\nTraining seconds per epoch (one thread per run, two runs side by side on 2 cores):\n\n"
+            + _table(head, sec_rows) + "\n")
+    settings_text = "\n".join(f"- {rule}: `{' '.join(opts)}`" for rule, opts in SETTINGS.items())
+    return text + (f"\nCommon protocol: `{' '.join(PROTOCOL)}`; per-rule settings (tanh):\n\n{settings_text}\n")
 
 
-def seconds_table(results: dict, datasets, seeds) -> str:
-    cols = [(d, n) for d in datasets for n in NETWORKS]
-    lines = ["| rule | " + " | ".join(f"{DATA[d]} {n.replace('x', '×')} tanh" for d, n in cols) + " |",
-             "|" + "---|" * (len(cols) + 1)]
-    for rule in RULES:
-        row = []
-        for d, n in cols:
-            runs = [results[(d, n, "tanh", rule, s)] for s in seeds]
-            row.append(f"{statistics.mean(r['train_seconds'] / r['epochs'] for r in runs):.1f}")
-        lines.append(f"| {rule} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def angle_plot(results: dict, seed, path: Path) -> None:
+def angle_plot(results, seed, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    rules = ["fa", "dfa", "lra-e"]
-    fig = Figure(figsize=(12, 7))
-    axes = fig.subplots(len(NETWORKS), len(rules), sharey=True)
-    for r, net in enumerate(NETWORKS):
-        for c, rule in enumerate(rules):
+    nets = [n for n in NETWORKS if ("mnist", n, "tanh", LOCAL[0], seed) in results]
+    fig = Figure(figsize=(3.0 * len(LOCAL), 2.8 * len(nets)))
+    axes = fig.subplots(len(nets), len(LOCAL), sharey=True, squeeze=False)
+    for r, net in enumerate(nets):
+        for c, rule in enumerate(LOCAL):
             ax = axes[r][c]
             curve = results[("mnist", net, "tanh", rule, seed)]["curve"]
             epochs = [p["epoch"] for p in curve]
             n_layers = len(curve[0]["angles"]) - 1  # the output layer's update is backprop's for every rule
             for layer in range(n_layers):
-                ax.plot(epochs, [p["angles"][layer] for p in curve], marker="o", ms=3,
+                ax.plot(epochs, [p["angles"][layer] for p in curve], marker="o", ms=2,
                         color=_shade(layer, n_layers), label=f"W{layer + 1}")
             ax.axhline(90, color="grey", lw=0.8, ls="--")
             ax.set_ylim(0, 100)
-            ax.set_title(f"{rule}, MNIST {net.replace('x', '×')} tanh")
+            ax.set_title(f"{rule}, {_net_label(net)}", fontsize=9)
             ax.set_xlabel("epoch")
             if c == 0:
-                ax.set_ylabel("angle to backprop gradient (°)")
-        axes[r][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Angle between each hidden layer's update and the backprop gradient on the same batch\n"
-                 f"(mean per epoch, seed {seed}; the output layer's update equals backprop's for every rule)")
+                ax.set_ylabel("angle to backprop (°)")
+        axes[r][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Angle between each hidden layer's update and the backprop gradient on the same batch "
+                 f"(MNIST, tanh, mean per epoch, seed {seed})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
+
+
+def discrepancy_plot(results, seed, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    nets = list(NETWORKS)
+    fig = Figure(figsize=(4.2 * len(nets), 3.4))
+    axes = fig.subplots(1, len(nets), squeeze=False)[0]
+    for ax, net in zip(axes, nets):
+        for rule in DISCREPANCY:
+            curve = results[("mnist", net, "tanh", rule, seed)]["curve"]
+            ax.plot([p["epoch"] for p in curve], [p["discrepancy"] for p in curve], marker="o", ms=3, label=rule)
+        ax.set_yscale("log")
+        ax.set_title(f"MNIST {_net_label(net)} tanh", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("total discrepancy (mean per example)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("Total local discrepancy per epoch: LRA-E Σ‖h − y‖², LRA Σ log(1 + (h − z)²), DTP Σ‖h − ĥ‖²",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def _trained_net(result: dict, data: images.ImageData) -> MLP:
+    saved = torch.load(Path(result["folder"]) / "model.pt", weights_only=True)
+    net = MLP([data.train[0].shape[1], *result["hidden"], data.n_classes], activation=result["activation"])
+    net.load_state_dict({k[len("net."):]: v for k, v in saved["state_dict"].items() if k.startswith("net.")})
+    return net
+
+
+def embedding_plot(results, seed, net_name, path: Path, root) -> None:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    data = images.load("mnist", root=root, valid=5000, seed=0)
+    x, y = data.test[0][:3000], data.test[1][:3000].numpy()
+    fig = Figure(figsize=(3.0 * len(RULES), 3.2))
+    axes = fig.subplots(1, len(RULES))
+    cmap = colormaps["tab10"]
+    for ax, rule in zip(axes, RULES):
+        result = results[("mnist", net_name, "tanh", rule, seed)]
+        points = pca_2d(top_hidden(_trained_net(result, data), x))
+        ax.scatter(points[:, 0], points[:, 1], s=1, c=[cmap(int(c)) for c in y], alpha=0.6)
+        ax.set_title(f"{rule} ({100 * result['test_error']:.2f} %)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Topmost hidden layer on 3,000 MNIST test images, PCA to 2-D, coloured by class "
+                 f"({_net_label(net_name)} tanh, seed {seed}; test error in brackets)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def _shade(layer, n):
@@ -197,43 +293,89 @@ def _shade(layer, n):
     return colormaps["viridis"](layer / max(n - 1, 1))
 
 
+# --------------------------------------------------------------------------- part: filters after one pass
+
+def filters(args) -> str:
+    from matplotlib.figure import Figure
+
+    seed = args.seeds[0]
+    fig = Figure(figsize=(2.6 * len(RULES), 2.9))
+    axes = fig.subplots(1, len(RULES))
+    rows = []
+    for ax, rule in zip(axes, RULES):
+        r = classify("mnist", "3x256", "tanh", rule, seed, 1, args.out, args.data_root, tag=1)
+        saved = torch.load(Path(r["folder"]) / "model.pt", weights_only=True)
+        ax.imshow(filter_grid(saved["state_dict"]["net.layers.0.weight"], (28, 28), count=36), cmap="gray",
+                  vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{rule} ({100 * r['test_error']:.1f} %)", fontsize=9)
+        rows.append([rule, f"{100 * r['test_error']:.2f}"])
+    fig.suptitle(f"First-layer filters (first 36 units) after one pass over MNIST (3×256 tanh, seed {seed}; "
+                 "test error in brackets)", fontsize=9)
+    fig.tight_layout()
+    if args.docs:
+        fig.savefig(args.docs / "learners_filters.png", dpi=80)
+    return "Test error (%) after one epoch (MNIST 3×256 tanh):\n\n" + _table(["rule", "test error"], rows) + "\n"
+
+
+# --------------------------------------------------------------------------- parts (b), (c)
+
+def _norm_w1(result) -> float:
+    saved = torch.load(Path(result["folder"]) / "model.pt", weights_only=True)
+    return saved["state_dict"]["net.layers.0.weight"].norm().item()
+
+
+def unit_table(args, units, init, title) -> str:
+    seeds = args.seeds
+    rows = []
+    for rule in RULES:
+        row = [rule]
+        for act in units:
+            if not accepts(rule, act):
+                row.append("needs f′" if LEARNERS[rule].needs_derivative else "—")
+                continue
+            runs = [classify("mnist", "3x256", act, rule, s, args.epochs, args.out, args.data_root, init=init)
+                    for s in seeds]
+            norm = f" (‖W¹‖ {statistics.mean(_norm_w1(r) for r in runs):.1f})" if init == "zeros" else ""
+            row.append(cell(runs) + norm)
+        rows.append(row)
+    return (f"{title}, MNIST 3×256, test error (%) after {args.epochs} epochs, seeds {', '.join(map(str, seeds))} "
+            f"(`scripts/compare_rules.py --part {args.part}`):\n\n" + _table(["rule"] + units, rows) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=["deep", "filters", "null", "stochastic"], default="deep")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
-    p.add_argument("--data-root", type=Path, help="folder holding mnist/ and fashion_mnist/ (default $TNCN_DATA, else ~/.cache/tncn)")
+    p.add_argument("--data-root", type=Path, help="folder holding mnist/ and fashion_mnist/ "
+                                                  "(default $TNCN_DATA, else ~/.cache/tncn)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
-    p.add_argument("--table", type=Path, help="also write the tables (markdown) here")
-    p.add_argument("--plot", type=Path, help="write the angle plot (PNG) here")
+    p.add_argument("--docs", type=Path, help="write the part's table (markdown) and pictures into this folder")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for seed in args.seeds:
-        for data in args.data:
-            for net in NETWORKS:
-                for act in ACTIVATIONS:
-                    for rule in RULES:
-                        if act == "tanh" or rule not in NEEDS_DERIVATIVE:
-                            results[(data, net, act, rule, seed)] = classify(
-                                data, net, act, rule, seed, args.epochs, args.out, args.data_root)
-                    results[(data, net, act, "readout", seed)] = readout_only(
-                        data, net, act, seed, args.epochs, args.out, args.data_root)
-    seeds = args.seeds
-    text = (f"Test error (%) after {args.epochs} epochs, mean ± sd over seeds {', '.join(map(str, seeds))} "
-            f"(`scripts/compare_rules.py`):\n\n" + table(results, args.data, seeds)
-            + "\n\nTraining seconds per epoch (tanh runs; shared 2-core CPU, noisy):\n\n"
-            + seconds_table(results, args.data, seeds) + "\n")
+    if args.docs:
+        args.docs.mkdir(parents=True, exist_ok=True)
+    if args.part == "deep":
+        results = deep(args)
+        text = deep_tables(results, args)
+        if args.docs and "mnist" in args.data:
+            angle_plot(results, args.seeds[0], args.docs / "learners_angles.png")
+            discrepancy_plot(results, args.seeds[0], args.docs / "learners_discrepancy.png")
+            embedding_plot(results, args.seeds[0], "3x256", args.docs / "learners_embedding.png", args.data_root)
+        name = "learners_table.md"
+    elif args.part == "filters":
+        text, name = filters(args), "learners_one_pass.md"
+    elif args.part == "null":
+        text = unit_table(args, NULL_UNITS, "zeros", "All weights initialised to zero")
+        name = "learners_null_init.md"
+    else:
+        text = unit_table(args, STOCHASTIC_UNITS, "normal", "Stochastic units")
+        name = "learners_stochastic.md"
     print(text)
-    settings = "\n".join(f"- {rule} ({act}): `{' '.join(opts)}`" for (rule, act), opts in SETTINGS.items())
-    text += (f"\nCommon protocol: `{' '.join(PROTOCOL)}` (sign columns also `--center`); "
-             f"per-rule settings:\n\n{settings}\n")
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text)
-    if args.plot and "mnist" in args.data:
-        angle_plot(results, seeds[0], args.plot)
-        print(f"angle plot: {args.plot}")
+    if args.docs:
+        (args.docs / name).write_text(text)
     return 0
 
 

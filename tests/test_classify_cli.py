@@ -70,7 +70,7 @@ def test_learns_and_same_seed_same_result(tiny, tmp_path):
     a, b = runs
     assert a["test_error"] == b["test_error"] and a["test_error"] < 0.2
     assert [p["train_loss"] for p in a["curve"]] == [p["train_loss"] for p in b["curve"]]
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"result.json", "filters.png", "model.pt"}
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"result.json", "filters.png", "embedding.png", "model.pt"}
     state = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
     assert "E.0.weight" in state and "net.layers.0.weight" in state
 

@@ -42,10 +42,10 @@ def _onehot(y, n):
 
 
 def test_registry_names_and_errors():
-    assert set(learners.LEARNERS) == {"bp", "fa", "dfa", "lra-e"}
+    assert set(learners.LEARNERS) == {"bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"}
     net = _net([5, 4, 3])
-    with pytest.raises(ValueError, match="known: bp, dfa, fa, lra-e"):
-        learners.make("dtp", net)
+    with pytest.raises(ValueError, match="known: bp, dfa, dtp, dtp-sigma, fa, lra, lra-e"):
+        learners.make("ep", net)
     with pytest.raises(OptionError, match="rule fa has no option 'beta'; its options: feedback_std"):
         learners.make("fa", net, beta=0.1)
     with pytest.raises(OptionError, match="beta: expected a number"):
@@ -169,7 +169,7 @@ def test_lra_e_fixed_error_weights_are_buffers():
 
 def test_lra_e_needs_no_derivative_and_bias_update_is_mean_error():
     net = _net([5, 6, 3], activation="step")
-    lra = learners.make("lra-e", net, beta=1.0)
+    lra = learners.make("lra-e", net, beta=1.0, target_scale="absolute")
     x, y = _batch()
     lra.step(x, y)
     W1, b1, W2, b2 = [p.detach() for p in net.parameters()]
@@ -179,6 +179,33 @@ def test_lra_e_needs_no_derivative_and_bias_update_is_mean_error():
     e1 = h1 - ((a1 - e2 @ lra.E[0].weight) > 0).float()
     torch.testing.assert_close(net.layers[0].bias.grad, e1.mean(0))
     assert local_discrepancy(lra, x, y) == pytest.approx((e1**2).sum(1).mean().item())
+
+
+def test_lra_e_relative_targets_scale_the_step_by_each_units_spread():
+    net = _net([5, 6, 3], activation="sign")
+    lra = learners.make("lra-e", net, beta=0.3)  # auto: relative for two-valued units
+    assert lra.relative and not learners.make("lra-e", _net([5, 6, 3])).relative
+    x, y = _batch()
+    lra.step(x, y)
+    W1, b1, W2, b2 = [p.detach() for p in net.parameters()]
+    a1 = x @ W1 + b1
+    h1 = torch.sign(a1)
+    d = (torch.softmax(h1 @ W2 + b2, 1) - _onehot(y, 3)) @ lra.E[0].weight
+    scale = torch.clamp(a1.pow(2).mean(0).sqrt() / d.pow(2).mean(0).sqrt(), min=1.0)
+    e1 = h1 - torch.sign(a1 - 0.3 * scale * d)
+    torch.testing.assert_close(net.layers[0].bias.grad, e1.mean(0))
+    zero = learners.make("lra-e", _net([5, 6, 3], activation="sign", init="zeros"), beta=0.3)
+    zero.step(x, y)  # a = 0 everywhere: the step falls back to the absolute β d, so the first layer learns
+    assert zero.net.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_lra_e_stochastic_targets_reuse_the_units_noise():
+    net = _net([5, 8, 3], activation="stochastic_binary")
+    x, y = _batch(n=64)
+    lra = learners.make("lra-e", net, beta=0.0)
+    lra.step(x, y)  # β = 0: the target is the unit's own sample, so no local error at all
+    assert lra.discrepancy.item() == 0.0
+    assert net.layers[0].weight.grad.abs().sum() == 0
 
 
 def test_angle_of_backprop_with_itself_is_zero_and_angle_basics():

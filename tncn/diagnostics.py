@@ -5,9 +5,13 @@ arXiv 1805.11703, whose figures show the angle of LRA-E's updates against backpr
   arccos(⟨u, v⟩ / (‖u‖ ‖v‖)); 90° for an all-zero tensor (no direction at all).
 - ``update_angles``: per layer, the angle between the weight update a rule wrote into
   ``param.grad`` and the backprop gradient ∂L/∂W^l on the same batch.
-- ``local_discrepancy``: LRA-E's total local discrepancy Σ_{l<L} ‖e^l‖² (mean over the batch).
+- ``local_discrepancy``: LRA-E's total local discrepancy Σ_{l<L} ‖e^l‖² (mean over the batch);
+  LRA and DTP keep their own total discrepancy of the last step in ``learner.discrepancy``.
 - ``filter_grid`` / ``save_filters``: the first-layer weights W^1 as a grid of images, one per
   hidden unit (a matplotlib ``Figure`` saved as PNG, no pyplot).
+- ``pca_2d`` / ``save_embedding``: the topmost hidden layer's post-activations on a data set,
+  projected on their two leading principal axes and coloured by class (the picture of the
+  topmost post-activities in Ororbia's LRA talk).
 """
 from __future__ import annotations
 
@@ -106,3 +110,54 @@ def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int =
         ax.set_title(title, fontsize=8)
     files.save_figure(fig, path, bbox_inches="tight")
     return path
+
+
+@torch.no_grad()
+def top_hidden(net, x: Tensor, batch_size: int = 2000) -> Tensor:
+    """The post-activations of the topmost hidden layer h^{L-1} for the rows of ``x``."""
+    if len(net.layers) < 2:
+        raise ValueError("the network has no hidden layer to embed")
+    out = []
+    for i in range(0, len(x), batch_size):
+        h = x[i:i + batch_size]
+        for layer in net.layers[:-1]:
+            h = layer(h)
+        out.append(h)
+    return torch.cat(out)
+
+
+def pca_2d(h: Tensor) -> np.ndarray:
+    """The rows of ``h`` projected on their two leading principal axes, [n, 2] (float64).
+
+    Each axis is signed so that its largest-magnitude loading is positive (a deterministic picture)."""
+    a = h.detach().double().cpu()
+    a = a - a.mean(0)
+    if a.shape[1] < 2:
+        a = torch.cat([a, torch.zeros(len(a), 2 - a.shape[1], dtype=a.dtype)], 1)
+    _, _, v = torch.linalg.svd(a, full_matrices=False)
+    axes = v[:2].T
+    signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (a @ (axes * torch.where(signs == 0, 1.0, signs))).numpy()
+
+
+def save_embedding(net, x: Tensor, y: Tensor, path, title: str = "", count: int = 5000) -> Path:
+    """A scatter plot of the topmost hidden layer's post-activations on (the first ``count`` of)
+    ``x``, projected by PCA to 2-D and coloured by the class ``y``; written as PNG at ``path``."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    x, y = x[:count], y[:count].cpu().numpy()
+    points = pca_2d(top_hidden(net, x))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    cmap = colormaps["tab10"]
+    for c in np.unique(y):
+        sel = y == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=3, alpha=0.6, color=cmap(int(c) % 10), label=str(int(c)))
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2")
+    ax.legend(markerscale=4, fontsize=7, loc="upper right", title="class", title_fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    files.save_figure(fig, Path(path), bbox_inches="tight")
+    return Path(path)

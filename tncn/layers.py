@@ -9,6 +9,12 @@ so that learning rules can be compared on identical networks.
   stochastic binary) have ``vjp = None``: rules that need f′ refuse them with a clear error,
   rules such as LRA-E and P-TNCN use them as they are.
   ``ltanh`` is LeCun's scaled tanh, 1.7159·tanh(2a/3).
+  ``lwta`` and ``slwta`` are local winner-take-all units (Srivastava et al., "Compete to Compute",
+  NeurIPS 2013): the units form blocks of k consecutive ones (k = 2; ``lwta:4`` names blocks of
+  4), the winner of each block passes its input a and the others output 0. LWTA's winner is the
+  largest a (the first on ties); stochastic LWTA (SLWTA) samples it from the softmax of the
+  block's inputs. Their f′ is the winner mask: recomputed from a for LWTA, read back from h ≠ 0
+  for SLWTA (a sampled winner whose input is exactly 0 counts as silent there).
 - ``init_weight``: named initialisers (normal with std, uniform, orthogonal, zeros).
 - ``Dense``: one synaptic layer ``a = x W (+ b)``, ``h = f(a)`` in the row-vector layout;
   ``readout_grad``: the exact gradient of a softmax or sigmoid readout, written in place.
@@ -35,6 +41,10 @@ class Activation:
     f: Callable[[Tensor], Tensor]
     vjp: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None
     needs_generator: bool = False
+    pointwise: bool = True
+    """Each output depends on its own input only (false for softmax and the LWTA blocks)."""
+    block: int = 1
+    """Units act in blocks of this many (LWTA's k): a layer's width must be a multiple of it."""
 
     @property
     def differentiable(self) -> bool:
@@ -64,9 +74,53 @@ def _stochastic_binary(a: Tensor, generator: torch.Generator | None = None) -> T
     The uniform draws come from the generator's own device (a CPU generator serves CUDA tensors too).
     """
     p = torch.sigmoid(a)
-    device = generator.device if generator is not None else p.device
-    u = torch.rand(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device)
-    return (u < p).to(a.dtype)
+    return (_uniform_like(p.shape, p, generator) < p).to(a.dtype)
+
+
+def _uniform_like(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _blocks(a: Tensor, k: int) -> Tensor:
+    """``a`` [..., n] as [..., n/k, k] (ValueError when k does not divide the width)."""
+    n = a.shape[-1]
+    if n % k:
+        raise ValueError(f"winner-take-all blocks of {k} units need a layer width divisible by {k}, got {n}")
+    return a.reshape(*a.shape[:-1], n // k, k)
+
+
+def _winner_mask(blocks: Tensor, winner: Tensor) -> Tensor:
+    return torch.zeros_like(blocks).scatter_(-1, winner, 1.0)
+
+
+def _lwta_mask(a: Tensor, k: int) -> Tensor:
+    blocks = _blocks(a, k)
+    return _winner_mask(blocks, blocks.argmax(-1, keepdim=True)).reshape(a.shape)
+
+
+def _slwta(a: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """Each block's winner drawn from softmax(a_block) by inverse-CDF sampling; it passes a."""
+    blocks = _blocks(a, k)
+    cdf = torch.softmax(blocks, -1).cumsum(-1)
+    u = _uniform_like((*blocks.shape[:-1], 1), blocks, generator)
+    winner = (cdf < u).sum(-1, keepdim=True).clamp_(max=k - 1)
+    return (blocks * _winner_mask(blocks, winner)).reshape(a.shape)
+
+
+def winner_take_all(name: str, k: int = 2) -> Activation:
+    """LWTA (``name = "lwta"``) or SLWTA (``"slwta"``) with blocks of ``k`` units."""
+    k = int(k)
+    if k < 2:
+        raise ValueError(f"winner-take-all blocks need at least 2 units, got {k}")
+    label = name if k == 2 else f"{name}:{k}"
+    if name == "lwta":
+        return Activation(label, lambda a: a * _lwta_mask(a, k), lambda a, h, g: g * _lwta_mask(a, k),
+                          pointwise=False, block=k)
+    if name == "slwta":
+        return Activation(label, lambda a, gen=None: _slwta(a, k, gen), lambda a, h, g: g * (h != 0).to(g.dtype),
+                          needs_generator=True, pointwise=False, block=k)
+    raise ValueError(f"unknown winner-take-all activation {name!r}; known: lwta, slwta")
 
 
 def _softmax_vjp(a: Tensor, h: Tensor, g: Tensor) -> Tensor:
@@ -90,10 +144,12 @@ ACTIVATIONS: dict[str, Activation] = {
             lambda a, h, g: g * (_LTANH_A * _LTANH_B) * (1.0 - (h / _LTANH_A) ** 2),
         ),
         Activation("identity", lambda a: a, lambda a, h, g: g),
-        Activation("softmax", lambda a: torch.softmax(a, dim=-1), _softmax_vjp),
+        Activation("softmax", lambda a: torch.softmax(a, dim=-1), _softmax_vjp, pointwise=False),
         Activation("sign", torch.sign),
         Activation("step", lambda a: (a > 0).to(a.dtype)),
         Activation("stochastic_binary", _stochastic_binary, needs_generator=True),
+        winner_take_all("lwta"),
+        winner_take_all("slwta"),
     ]
 }
 
@@ -110,7 +166,12 @@ def lookup(registry: dict, name: str, what: str):
 
 
 def get_activation(name: str) -> Activation:
-    """The registered activation called ``name`` (ValueError listing the known ones otherwise)."""
+    """The registered activation called ``name``, or ``lwta:K`` / ``slwta:K`` for blocks of K
+    units (ValueError listing the known ones otherwise)."""
+    if isinstance(name, str) and ":" in name:
+        base, _, k = name.partition(":")
+        if base in ("lwta", "slwta") and k.isdigit():
+            return winner_take_all(base, int(k))
     return lookup(ACTIVATIONS, name, "activation")
 
 

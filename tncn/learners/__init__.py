@@ -4,7 +4,11 @@
 - ``fa``: random feedback alignment, Lillicrap et al. 2016 (``fa.py``);
 - ``dfa``: direct feedback alignment, Nøkland 2016 (``dfa.py``);
 - ``lra-e``: error-driven local representation alignment, Ororbia & Mali, AAAI 2019,
-  arXiv 1805.11703 (``lra_e.py``).
+  arXiv 1805.11703 (``lra_e.py``);
+- ``lra``: local representation alignment with fixed random feedback and the Cauchy local loss,
+  Ororbia, Mali, Kifer & Giles, arXiv 1803.01834 (``lra.py``);
+- ``dtp``: difference target propagation, Lee, Zhang, Fischer & Bengio 2015 (``dtp.py``);
+- ``dtp-sigma``: DTP with an adaptive noise schedule, our reading of Ororbia & Mali's DTP-σ (``dtp.py``).
 
 Every learner is an ``nn.Module`` holding the network and its own matrices; ``step(x, y)`` writes
 the update of every parameter into ``param.grad`` and returns the loss, and any ``torch.optim``
@@ -18,12 +22,15 @@ from tncn.layers import lookup
 from tncn.learners.backprop import Backprop, backprop_grads
 from tncn.learners.base import Learner
 from tncn.learners.dfa import DirectFeedbackAlignment
+from tncn.learners.dtp import DifferenceTargetPropagation, DTPSigma
 from tncn.learners.fa import FeedbackAlignment
+from tncn.learners.lra import LRA
 from tncn.learners.lra_e import LRAE
 from tncn.options import read
 
 LEARNERS: dict[str, type[Learner]] = {
-    cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE)
+    cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE, LRA,
+                            DifferenceTargetPropagation, DTPSigma)
 }
 
 
@@ -39,4 +46,5 @@ def make(name: str, net, seed: int = 0, **opts) -> Learner:
 
 
 __all__ = ["LEARNERS", "Learner", "make", "backprop_grads",
-           "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE"]
+           "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE", "LRA",
+           "DifferenceTargetPropagation", "DTPSigma"]

@@ -1,6 +1,7 @@
 """Back-propagation of errors (Rumelhart, Hinton & Williams 1986) by autograd: the reference rule.
 
-∂L/∂W^l of the mean cross-entropy L, computed by ``torch.autograd.grad`` and written into
+∂L/∂W^l of the batch-mean output loss L (``net.loss``: cross-entropy, MSE or MAE), computed by
+``torch.autograd.grad`` and written into
 ``param.grad`` (assigned, not accumulated, like every other rule). The hidden activation must have
 a derivative: sign and step units have f′ = 0 almost everywhere, so backprop is refused for them
 rather than silently training only the output layer.
@@ -15,19 +16,19 @@ Tensor = torch.Tensor
 
 
 def backprop_grads(net, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
-    """The gradients of the mean cross-entropy for ``list(net.parameters())``, and the loss.
+    """The gradients of the batch-mean loss ``net.loss`` for ``list(net.parameters())``, and the loss.
 
     Leaves ``param.grad`` untouched (used by the angle diagnostics as the reference direction).
     """
     params = list(net.parameters())
     with torch.enable_grad():
-        loss = torch.nn.functional.cross_entropy(net.logits(x), y)
+        loss = net.loss.value(net.logits(x), y)
         grads = torch.autograd.grad(loss, params)
     return list(grads), loss.detach()
 
 
 class Backprop(Learner):
-    """Exact gradients of the mean cross-entropy by autograd."""
+    """Exact gradients of the batch-mean output loss by autograd."""
 
     name = "bp"
     needs_derivative = True

@@ -2,8 +2,9 @@
 and the rule's own matrices, and writes each update into ``param.grad``.
 
 The update of every parameter plays the role of a gradient (the optimizer subtracts it), averaged
-over the batch as the gradient of the mean cross-entropy would be. The output error is the same
-for every rule: softmax with cross-entropy gives ∂L/∂a^L = (ŷ - y)/B.
+over the batch as the gradient of the mean loss would be. The output error is the same for every
+rule: ∂ℓ/∂a^L of the network's output loss (``net.loss``, ``tncn.losses``), per example; for
+softmax with cross-entropy it is ŷ - y.
 """
 from __future__ import annotations
 
@@ -87,12 +88,10 @@ class FixedFeedbackRule(Learner):
         raise NotImplementedError
 
 
-def output_error(logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The per-example output error ŷ - onehot(y) and the mean cross-entropy loss."""
-    e = probs.clone()
-    e[torch.arange(len(y), device=y.device), y] -= 1.0
-    loss = torch.nn.functional.cross_entropy(logits, y)
-    return e, loss
+def output_error(net, logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-example output error ∂ℓ/∂a^L of ``net.loss`` (ŷ - onehot(y) for cross-entropy)
+    and the batch-mean loss."""
+    return net.loss.error(logits, probs, y)
 
 
 def write_layer_grads(net, h_s: list[Tensor], deltas: list[Tensor]) -> None:

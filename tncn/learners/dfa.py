@@ -4,7 +4,7 @@ Networks", NeurIPS 2016).
 The output error reaches every hidden layer directly through a fixed random matrix B^l
 [n_classes, n_l] (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()`` (no backward hooks):
 
-    δ^L = ŷ - y,    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
+    δ^L = ∂ℓ/∂a^L (ŷ - y for cross-entropy),    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
 
 With one hidden layer DFA and FA coincide. The B are buffers (``tncn.layers.Feedback``).
@@ -31,9 +31,9 @@ class DirectFeedbackAlignment(FixedFeedbackRule):
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """Write the DFA update into ``param.grad``; return the mean cross-entropy."""
+        """Write the DFA update into ``param.grad``; return the mean loss."""
         a_s, h_s = self.net.forward_all(x)
-        e, loss = output_error(a_s[-1], h_s[-1], y)
+        e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
         deltas = [
             layer.act.backward(a, h, back(e))
             for layer, back, a, h in zip(self.net.layers[:-1], self.feedback, a_s[:-1], h_s[1:-1])

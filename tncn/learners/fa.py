@@ -3,7 +3,7 @@
 Backprop's backward pass with each transposed forward weight (W^{l+1})ᵀ replaced by a fixed random
 matrix B^{l+1} of the same shape (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()``:
 
-    δ^L = ŷ - y,    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
+    δ^L = ∂ℓ/∂a^L (ŷ - y for cross-entropy),    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
 
 With B^{l+1} = (W^{l+1})ᵀ this is exactly backprop. The B are buffers (``tncn.layers.Feedback``).
@@ -30,9 +30,9 @@ class FeedbackAlignment(FixedFeedbackRule):
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """Write the FA update into ``param.grad``; return the mean cross-entropy."""
+        """Write the FA update into ``param.grad``; return the mean loss."""
         a_s, h_s = self.net.forward_all(x)
-        e, loss = output_error(a_s[-1], h_s[-1], y)
+        e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
         deltas = [e]
         for layer, back, a, h in zip(
             reversed(self.net.layers[:-1]), reversed(self.feedback), reversed(a_s[:-1]), reversed(h_s[1:-1])

@@ -6,13 +6,28 @@ error weights E; its weights then move to reduce the local discrepancy between i
 that target (the paper's Algorithm 1, with the output error of softmax and
 cross-entropy). Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l):
 
-    e^L = ŷ - y                                   (output error)
+    e^L = ∂ℓ/∂a^L  (ŷ - y for cross-entropy)     (output error, ``tncn.losses``)
     d^l = e^{l+1} E^{l+1}                         (E^{l+1}: [n_{l+1}, n_l])
     y^l = f(a^l - β d^l),   e^l = h^l - y^l       (target and local error, l = L-1..1)
     ∂W^l = h^{l-1ᵀ} e^l / B,   ∂b^l = Σ_batch e^l / B
     ∂E^{l+1} = γ (∂W^{l+1})ᵀ                       (or E kept fixed)
 
-No derivative of f appears anywhere, so sign, step and stochastic binary units train. The total
+No derivative of f appears anywhere, so sign, step and stochastic binary units train. Two
+additions of ours, for such units:
+
+- **Relative targets** (``target_scale="relative"``): the step of unit j becomes
+  β · max(1, rms_batch a^l_j / rms_batch d^l_j) · d^l_j, so that β is measured in units of the
+  spread of the unit's own input (never less than the absolute step, so that a network started
+  from zero weights, where every a = 0, still learns). A sign or step unit ignores the scale of a (sign(ca) = sign(a)), so an
+  absolute step flips fewer and fewer targets as the weights grow, while a flipped unit sends an
+  error of size 2 down whatever the scale; the relative step keeps both in proportion. It is the
+  default for two-valued units ("auto"). MNIST, 3×256 units, centred inputs, Adam 2e-3, one epoch,
+  validation error, relative against absolute: sign 13.5 % against 23.7 %, step 12.3 % against
+  59.7 %, stochastic binary 35.6 % against 89 % (``tncn classify`` defaults before them, sign
+  units on raw pixels: 88.5 %).
+- **Common random numbers** for stochastic units: the target y^l = f(a^l - β d^l) reuses the
+  noise of the unit's own sample h^l = f(a^l), so that e^l = h^l - y^l is the effect of the shift,
+  not the difference of two independent draws. The total
 local discrepancy Σ_{l<L} ‖e^l‖² (mean over the batch) of the last step is kept in
 ``discrepancy``. With plain SGD, E - γ Wᵀ never changes from its initial value; with Adam (which
 ignores a constant gradient scale, up to its ε) E - Wᵀ never changes: E = E₀ + (W - W₀)ᵀ. So the
@@ -28,9 +43,17 @@ from torch import nn
 
 from tncn.layers import Feedback
 from tncn.learners.base import Learner, output_error, write_layer_grads
-from tncn.options import BOOL, FLOAT, argument, optional, positive
+from tncn.options import BOOL, FLOAT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
+
+TARGET_SCALES = ("auto", "absolute", "relative")
+BINARY = ("sign", "step", "stochastic_binary")
+"""Two-valued units, whose output carries no scale: "auto" gives them relative targets."""
+
+
+def _rms(t: Tensor) -> Tensor:
+    return t.pow(2).mean(0, keepdim=True).sqrt()
 
 
 class LRAE(Learner):
@@ -48,15 +71,23 @@ class LRAE(Learner):
         e_std: standard deviation of the initial E^{l+1}; ``None`` takes 1/√n_l, the scale of the
             forward weights W^{l+1} whose transpose E stands in for (the authors' code draws
             E from N(0, 1); with sign units that scale sets off cascades of flipped targets).
+        target_scale: "absolute" (the paper's step β d^l), "relative" (β in units of each unit's
+            input spread, above) or "auto": relative for two-valued units (``BINARY``: sign, step,
+            stochastic binary), absolute otherwise.
         seed: seeds the draw of E (and the samples of stochastic units).
     """
 
     name = "lra-e"
 
     def __init__(self, net, beta: float = 0.1, gamma: float = 1.0, learn_e: bool = True,
-                 e_std: Optional[float] = None, seed: int = 0):
+                 e_std: Optional[float] = None, target_scale: str = "auto", seed: int = 0):
         super().__init__(net)
+        if target_scale not in TARGET_SCALES:
+            raise ValueError(f"target_scale must be one of {', '.join(TARGET_SCALES)}, got {target_scale!r}")
         self.beta, self.gamma, self.learn_e, self.seed = float(beta), float(gamma), bool(learn_e), int(seed)
+        if target_scale == "auto":
+            target_scale = "relative" if net.act is not None and net.act.name in BINARY else "absolute"
+        self.relative = target_scale == "relative"
         gen = torch.Generator().manual_seed(self.seed)
         dev = net.layers[0].weight.device
         self.E = nn.ModuleList(
@@ -73,6 +104,8 @@ class LRAE(Learner):
         argument(__init__, "learn_e", BOOL, "learn the error weights E (off: keep their random draw)"),
         argument(__init__, "e_std", optional(FLOAT), "standard deviation of the initial error weights E "
                  "(none: 1/sqrt(width))", check=positive),
+        argument(__init__, "target_scale", STR, "target step: absolute β d, relative (β in units of each "
+                 "unit's input spread), or auto (relative for sign, step and stochastic binary units)", choices=TARGET_SCALES),
     )
 
     def _generator(self, device: torch.device) -> Optional[torch.Generator]:
@@ -88,19 +121,30 @@ class LRAE(Learner):
     def local_errors(self, x: Tensor, y: Tensor):
         """Forward pass and top-down targets: ``(h_s, errors, loss)`` with errors [e^1, ..., e^L]."""
         gen = self._generator(x.device)
-        a_s, h_s = self.net.forward_all(x, gen)
-        e, loss = output_error(a_s[-1], h_s[-1], y)
+        states: list = []
+        a_s, h_s = self.net.forward_all(x, gen, states)
+        e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
         errors = [e]
-        for layer, E, a, h in zip(
-            reversed(self.net.layers[:-1]), reversed(self.E), reversed(a_s[:-1]), reversed(h_s[1:-1])
-        ):
-            target = layer.act(a - self.beta * E(errors[-1]), gen)
+        for layer, E, a, h, state in zip(reversed(self.net.layers[:-1]), reversed(self.E), reversed(a_s[:-1]),
+                                         reversed(h_s[1:-1]), reversed(states[:-1])):
+            d = E(errors[-1])
+            if self.relative:
+                d = d * torch.clamp(_rms(a) / _rms(d).clamp_min(1e-30), min=1.0)
+            target = layer.act(a - self.beta * d, self._replay(state))
             errors.append(h - target)
         return h_s, errors[::-1], loss
 
+    def _replay(self, state) -> Optional[torch.Generator]:
+        """A generator that repeats the draw a stochastic layer made from ``state`` (None: deterministic)."""
+        if state is None:
+            return None
+        gen = torch.Generator(device=self._sampler.device)
+        gen.set_state(state)
+        return gen
+
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """Write the LRA-E updates of W, b (and E) into ``param.grad``; return the mean cross-entropy."""
+        """Write the LRA-E updates of W, b (and E) into ``param.grad``; return the mean loss."""
         h_s, errors, loss = self.local_errors(x, y)
         write_layer_grads(self.net, h_s, errors)
         if self.learn_e:

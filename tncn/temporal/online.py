@@ -50,7 +50,7 @@ from tncn.temporal import bptt
 from tncn.temporal.base import SequenceLearner, hidden_option
 
 Tensor = torch.Tensor
-ACTIVATIONS = tuple(a for a in differentiable_activations() if a != "softmax")
+ACTIVATIONS = tuple(a for a in differentiable_activations() if get_activation(a).pointwise)
 """Activations an online learner takes: pointwise, with a derivative (the trace needs f′)."""
 
 
