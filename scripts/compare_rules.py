@@ -19,6 +19,9 @@ with adaptive noise ("dtp-sigma": our reading of DTP-σ, labelled by its schedul
   ‖W¹‖ after training (0.00 = never moved).
 - ``stochastic``: stochastic networks, MNIST 3×256: stochastic binary units (LRA-E; the others
   need f′) and SLWTA units (every rule; f′ is the sampled winner's mask).
+- ``grid``: the talk's summary grid on MNIST 3×256 tanh: every rule × the output losses CNLL
+  (``ce``), MSE and MAE × the optimizers SGD, Adam and RMSprop, each at one untuned rate
+  (``GRID_RATES``), so read it as "trains or not", not as a ranking.
 
 Every run is ``tncn classify`` (called in-process) with the settings of ``SETTINGS``; its folder
 under ``--out`` (result.json, model.pt) is kept, and a run whose result.json exists is not
@@ -82,6 +85,8 @@ SETTINGS = {
 }
 TWO_VALUED = {"lra-e": []}  # the rules for two-valued units, at tncn classify's per-activation defaults
 READOUT_LR = 1e-3
+GRID_RATES = {"sgd": "0.05", "adam": "1e-3", "rmsprop": "3e-4"}
+LOSSES = ["ce", "mse", "mae"]
 
 
 def settings(rule: str, act: str) -> list[str]:
@@ -94,18 +99,19 @@ def accepts(rule: str, act: str) -> bool:
         act not in BY_ACTIVATION or rule in TWO_VALUED)
 
 
-def run_name(data, net, act, rule, seed, init="normal", epochs=None):
+def run_name(data, net, act, rule, seed, init="normal", tag=None):
     tail = "" if init == "normal" else f"_{init}"
-    return f"{data}_{net}_{act}_{rule}_s{seed}{tail}" + (f"_e{epochs}" if epochs is not None else "")
+    return f"{data}_{net}_{act}_{rule}_s{seed}{tail}" + (f"_{tag}" if tag is not None else "")
 
 
-def classify(data, net, act, rule, seed, epochs, out: Path, root, init="normal", tag=None) -> dict:
-    """One ``tncn classify`` run (or its stored result), in its own folder under ``out``."""
+def classify(data, net, act, rule, seed, epochs, out: Path, root, init="normal", tag=None, flags=None) -> dict:
+    """One ``tncn classify`` run (or its stored result), in its own folder under ``out``; ``flags``
+    replace the rule's ``SETTINGS`` (and ``tag`` names the run apart)."""
     folder = out / run_name(data, net, act, rule, seed, init, tag)
     if not (folder / "result.json").exists():
         argv = ["classify", "--rule", rule, "--data", data, "--hidden", ",".join(map(str, NETWORKS[net])),
                 "--activation", act, "--epochs", str(epochs), "--seed", str(seed), "--init", init, "--no-progress",
-                "--out", str(folder), "--force", *PROTOCOL, *settings(rule, act)]
+                "--out", str(folder), "--force", *PROTOCOL, *(flags if flags is not None else settings(rule, act))]
         if root:
             argv += ["--data-root", str(root)]
         if act == "tanh" and init == "normal" and tag is None and rule != "bp":
@@ -200,8 +206,8 @@ def deep_tables(results, args) -> str:
                           for d, n in cols] for rule in RULES]
     text = (f"Test error (%) after {args.epochs} epochs, tanh units, mean ± sd over seeds "
             f"{', '.join(map(str, seeds))} (`scripts/compare_rules.py --part deep`):\n\n" + _table(head, rows)
-            + f"\n\nSign units (LRA-E at `tncn classify`'s sign defaults: centred inputs, Adam 2e-3, relative "
-              f"targets; the other rules need f′):\n\n"
+            + "\n\nSign units (LRA-E at `tncn classify`'s sign defaults: centred inputs, Adam 2e-3, relative "
+              "targets; the other rules need f′):\n\n"
             + _table(["rule"] + [f"{DATA[d]} {_net_label(n)} sign" for d, n in sign_cols], sign_rows)
             + "\n\nTraining seconds per epoch (one thread per run, two runs side by side on 2 cores):\n\n"
             + _table(head, sec_rows) + "\n")
@@ -303,7 +309,7 @@ def filters(args) -> str:
     axes = fig.subplots(1, len(RULES))
     rows = []
     for ax, rule in zip(axes, RULES):
-        r = classify("mnist", "3x256", "tanh", rule, seed, 1, args.out, args.data_root, tag=1)
+        r = classify("mnist", "3x256", "tanh", rule, seed, 1, args.out, args.data_root, tag="e1")
         saved = torch.load(Path(r["folder"]) / "model.pt", weights_only=True)
         ax.imshow(filter_grid(saved["state_dict"]["net.layers.0.weight"], (28, 28), count=36), cmap="gray",
                   vmin=0, vmax=1, interpolation="nearest")
@@ -343,9 +349,28 @@ def unit_table(args, units, init, title) -> str:
             f"(`scripts/compare_rules.py --part {args.part}`):\n\n" + _table(["rule"] + units, rows) + "\n")
 
 
+def grid(args) -> str:
+    seeds = args.seeds
+    cols = [(loss, opt) for loss in LOSSES for opt in GRID_RATES]
+    rows = []
+    for rule in RULES:
+        row = [rule]
+        for loss, opt in cols:
+            extra = [o for o in SETTINGS[rule] if o not in ("--optimizer", "adam", "--lr", "1e-3")]
+            flags = ["--loss", loss, "--optimizer", opt, "--lr", GRID_RATES[opt], *extra]
+            row.append(cell([classify("mnist", "3x256", "tanh", rule, s, args.epochs, args.out, args.data_root,
+                                      tag=f"{loss}_{opt}_e{args.epochs}", flags=flags) for s in seeds]))
+        rows.append(row)
+    rates = ", ".join(f"{o} {r}" for o, r in GRID_RATES.items())
+    return (f"Summary grid, MNIST 3×256 tanh, test error (%) after {args.epochs} epochs, seeds "
+            f"{', '.join(map(str, seeds))}, one untuned rate per optimizer ({rates}; "
+            f"`scripts/compare_rules.py --part grid`):\n\n"
+            + _table(["rule"] + [f"{loss} {opt}" for loss, opt in cols], rows) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["deep", "filters", "null", "stochastic"], default="deep")
+    p.add_argument("--part", choices=["deep", "filters", "null", "stochastic", "grid"], default="deep")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
@@ -367,6 +392,8 @@ def main(argv=None) -> int:
         name = "learners_table.md"
     elif args.part == "filters":
         text, name = filters(args), "learners_one_pass.md"
+    elif args.part == "grid":
+        text, name = grid(args), "learners_grid.md"
     elif args.part == "null":
         text = unit_table(args, NULL_UNITS, "zeros", "All weights initialised to zero")
         name = "learners_null_init.md"

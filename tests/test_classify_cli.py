@@ -33,7 +33,7 @@ def classify(tiny, *extra):
                  "--batch-size", "20", "--no-progress", *extra])
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "lra-e"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"])
 def test_one_epoch_end_to_end_json(tiny, tmp_path, rule):
     out = tmp_path / "r.json"
     assert classify(tiny, "--rule", rule, "--epochs", "1", "--angles", "3", "--json", str(out),
@@ -56,7 +56,7 @@ def test_one_epoch_end_to_end_json(tiny, tmp_path, rule):
     (point,) = r["curve"]
     assert point["epoch"] == 1 and len(point["angles"]) == 3
     assert point["angles"][-1] == pytest.approx(0.0, abs=1e-2)   # every rule's output update is exact
-    assert ("discrepancy" in point) == (rule == "lra-e")
+    assert ("discrepancy" in point) == (rule in ("lra-e", "lra", "dtp", "dtp-sigma"))
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -143,3 +143,27 @@ def test_an_existing_out_folder_is_refused_and_left_alone(tiny, tmp_path, capsys
     assert classify(tiny, "--rule", "bp", "--epochs", "1", "--out", str(out)) == 2
     assert "already exists; overwrite it with --force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["model.pt"] and (out / "model.pt").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae"])
+def test_output_loss_flag_reaches_the_network(tiny, tmp_path, loss):
+    out = tmp_path / "r.json"
+    assert classify(tiny, "--rule", "dfa", "--loss", loss, "--epochs", "2", "--lr", "0.01", "--json", str(out),
+                    "--embedding", str(tmp_path / "e.png")) == 0
+    r = json.loads(out.read_text())
+    assert r["loss"] == loss and r["test_error"] < 0.5
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_valued_units_default_to_centred_inputs_and_their_rate(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    assert classify(tiny, "--rule", "lra-e", "--activation", "step", "--epochs", "1", "--json", str(out)) == 0
+    r = json.loads(out.read_text())
+    assert r["center"] is True and r["lr"] == 2e-3
+    assert classify(tiny, "--rule", "lra-e", "--activation", "step", "--epochs", "1", "--no-center",
+                    "--lr", "0.01", "--json", str(out)) == 0
+    r = json.loads(out.read_text())
+    assert r["center"] is False and r["lr"] == 0.01
+    assert classify(tiny, "--rule", "lra-e", "--epochs", "1", "--json", str(out)) == 0
+    r = json.loads(out.read_text())
+    assert r["center"] is False and r["lr"] == 1e-3

@@ -343,3 +343,46 @@ def test_lra_e_error_weights_track_transposed_weights(opt_name, gamma, invariant
         opt.step()
     assert (net.layers[1].weight - w0).abs().max() > 1e-3
     torch.testing.assert_close(gap(), before, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse", "mae"])
+@pytest.mark.parametrize("rule", sorted(learners.LEARNERS))
+def test_every_rule_trains_every_output_loss_with_the_true_output_gradient(rule, loss):
+    net = _net([5, 6, 4, 3], loss=loss)
+    x, y = _batch()
+    lrn = learners.make(rule, net)
+    value = lrn.step(x, y)
+    assert torch.isfinite(value)
+    for name, p in lrn.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    top = net.layers[-1]
+    with torch.enable_grad():
+        h = x
+        for layer in net.layers[:-1]:
+            h = layer(h).detach()
+        (w_grad,) = torch.autograd.grad(net.loss.value(top.pre(h), y), [top.weight])
+    torch.testing.assert_close(top.weight.grad, w_grad)  # every rule trains the output layer exactly
+
+
+@pytest.mark.parametrize("act", ["lwta", "slwta"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "lra", "dtp"])
+def test_rules_needing_f_prime_use_the_winner_mask(rule, act):
+    net = _net([5, 6, 4, 3], activation=act)
+    x, y = _batch()
+    learners.make(rule, net).step(x, y)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert net.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_pca_embedding_recovers_the_leading_axes():
+    from tncn.diagnostics import pca_2d
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    t, _ = torch.linalg.qr(t - t.mean(0))  # centred, exactly uncorrelated columns: the sample's own axes
+    t = t * torch.tensor([3.0, 1.0], dtype=torch.float64) * 4000 ** 0.5
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    h = torch.cat([t, torch.zeros(4000, 4, dtype=torch.float64)], 1) @ q.T + 5.0
+    points = pca_2d(h)
+    np.testing.assert_allclose(points.var(0), [9.0, 1.0], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(points), np.abs(t.numpy()), atol=1e-9)

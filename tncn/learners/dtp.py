@@ -133,8 +133,10 @@ class DifferenceTargetPropagation(Learner):
         )
         self.discrepancy: Optional[Tensor] = None
         self.reconstruction: Optional[Tensor] = None
+        self.register_buffer("noise_seed", torch.tensor(self.seed))  # in state_dict: a loaded learner draws alike
         self._noise_gen: Optional[torch.Generator] = None
         self._unit_gen: Optional[torch.Generator] = None
+        self._seeded: Optional[int] = None
 
     OPTIONS = _options(__init__)
 
@@ -160,9 +162,11 @@ class DifferenceTargetPropagation(Learner):
 
     def _generators(self, device: torch.device) -> tuple[torch.Generator, Optional[torch.Generator]]:
         """The noise generator and one for stochastic units (None for deterministic ones), on the data's device."""
-        if self._noise_gen is None or self._noise_gen.device != device:
-            self._noise_gen = torch.Generator(device=device).manual_seed(self.seed + 2)
-            self._unit_gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+        seed = int(self.noise_seed)
+        if self._noise_gen is None or self._noise_gen.device != device or self._seeded != seed:
+            self._noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
+            self._unit_gen = torch.Generator(device=device).manual_seed(seed + 1)
+            self._seeded = seed
         act = self.net.act
         return self._noise_gen, self._unit_gen if act is not None and act.needs_generator else None
 
