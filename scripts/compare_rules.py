@@ -81,9 +81,10 @@ SETTINGS = {
     "lra-e": ["--optimizer", "adam", "--lr", "1e-3", "--beta", "0.3"],
     "lra": ["--optimizer", "adam", "--lr", "1e-3"],  # Cauchy loss, σ_E = 1, β = 0.03, K = 1
     "dtp": ["--optimizer", "adam", "--lr", "1e-3"],  # η̂ = 0.1 per example, fixed σ = 0.36
-    "dtp-sigma": ["--optimizer", "adam", "--lr", "1e-3"],  # σ = 4·std(lower layer)
+    "dtp-sigma": ["--optimizer", "adam", "--lr", "1e-3"],  # σ = 0.5·std(lower layer)
 }
 TWO_VALUED = {"lra-e": []}  # the rules for two-valued units, at tncn classify's per-activation defaults
+ABSOLUTE = ["--target-scale", "absolute", "--lr", "1e-3", "--beta", "0.1"]  # LRA-E's sign defaults before them
 READOUT_LR = 1e-3
 GRID_RATES = {"sgd": "0.05", "adam": "1e-3", "rmsprop": "3e-4"}
 LOSSES = ["ce", "mse", "mae"]
@@ -186,6 +187,9 @@ def deep(args) -> dict:
                 if net != "8x64":
                     results[(data, net, "sign", "lra-e", seed)] = classify(
                         data, net, "sign", "lra-e", seed, args.epochs, args.out, args.data_root)
+                    results[(data, net, "sign", "lra-e absolute", seed)] = classify(
+                        data, net, "sign", "lra-e", seed, args.epochs, args.out, args.data_root,
+                        tag="absolute", flags=ABSOLUTE)
                     results[(data, net, "sign", "readout", seed)] = readout_only(
                         data, net, "sign", seed, args.epochs, args.out, args.data_root)
     return results
@@ -201,7 +205,8 @@ def deep_tables(results, args) -> str:
         rows.append([name] + [cell([results[(d, n, "tanh", rule, s)] for s in seeds]) for d, n in cols])
     sign_cols = [(d, n) for d in args.data for n in NETWORKS if n != "8x64"]
     sign_rows = [[name] + [cell([results[(d, n, "sign", rule, s)] for s in seeds]) for d, n in sign_cols]
-                 for rule, name in (("lra-e", "lra-e"), ("readout", "readout only (control)"))]
+                 for rule, name in (("lra-e", "lra-e"), ("lra-e absolute", f"lra-e `{' '.join(ABSOLUTE)}`"),
+                                    ("readout", "readout only (control)"))]
     sec_rows = [[rule] + [f"{statistics.mean(results[(d, n, 'tanh', rule, s)]['train_seconds'] / args.epochs for s in seeds):.1f}"
                           for d, n in cols] for rule in RULES]
     text = (f"Test error (%) after {args.epochs} epochs, tanh units, mean ± sd over seeds "
