@@ -88,6 +88,34 @@ class FixedFeedbackRule(Learner):
         raise NotImplementedError
 
 
+class UnitNoise:
+    """The samples of a network's stochastic units (stochastic binary, SLWTA), reproducible from a
+    seed and repeatable: ``tncn.mlp.MLP.forward_all(x, generator, states)`` records the generator's
+    state before each layer, and ``replay(state)`` gives a generator that draws that layer's noise
+    again, so that a rule can evaluate a unit at a target input under the same noise as its own
+    sample (common random numbers), and e = h - f(target) measures the shift, not two draws."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._gen: Optional[torch.Generator] = None
+
+    def generator(self, act, device: torch.device) -> Optional[torch.Generator]:
+        """The generator for ``act``'s samples on ``device`` (None for deterministic units)."""
+        if act is None or not act.needs_generator:
+            return None
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gen
+
+    def replay(self, state) -> Optional[torch.Generator]:
+        """A generator that repeats the draw a layer made from ``state`` (None: deterministic units)."""
+        if state is None:
+            return None
+        gen = torch.Generator(device=self._gen.device)
+        gen.set_state(state)
+        return gen
+
+
 def output_error(net, logits: Tensor, probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """The per-example output error ∂ℓ/∂a^L of ``net.loss`` (ŷ - onehot(y) for cross-entropy)
     and the batch-mean loss."""

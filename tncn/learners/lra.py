@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tncn.layers import Feedback
-from tncn.learners.base import Learner, output_error
+from tncn.learners.base import Learner, UnitNoise, output_error
 from tncn.options import FLOAT, INT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
@@ -70,7 +70,8 @@ class LRA(Learner):
         steps: K, the number of top-down sweeps that refine the targets.
         e_std: standard deviation of the entries of the fixed random E (the paper's σ ≈ 1).
         clip: the largest Frobenius norm of each layer's update (∂W^l, ∂b^l); ``None``: no clipping.
-        seed: seeds the draw of E.
+        seed: seeds the draw of E (and the samples of stochastic units, whose targets and
+            predictions reuse the noise of the unit's own sample: ``UnitNoise``).
     """
 
     name = "lra"
@@ -89,6 +90,7 @@ class LRA(Learner):
             Feedback(layer.n_out, layer.n_in, learned=False, std=float(e_std), generator=gen).to(dev)
             for layer in net.layers[1:]
         )
+        self.units = UnitNoise(int(seed) + 1)
         self.discrepancy: Optional[Tensor] = None
 
     OPTIONS = (
@@ -106,7 +108,9 @@ class LRA(Learner):
     def targets(self, x: Tensor, y: Tensor):
         """Forward pass and refined targets: ``(a_s, h_s, targets, e_out, loss)``, targets [z^1..z^{L-1}]."""
         net = self.net
-        a_s, h_s = net.forward_all(x)
+        states: list = []
+        a_s, h_s = net.forward_all(x, self.units.generator(net.act, x.device), states)
+        replay = self.units.replay
         e_out, loss = output_error(net, a_s[-1], h_s[-1], y)
         hidden = net.layers[:-1]
         pre = [a.clone() for a in a_s[:-1]]  # ā^l
@@ -119,10 +123,10 @@ class LRA(Learner):
                 err, _ = output_error(net, logits, torch.softmax(logits, -1), y)
             for i in reversed(range(len(hidden))):
                 pre[i] = pre[i] - self.beta * self.E[i](err)
-                z[i] = hidden[i].act(pre[i])
+                z[i] = hidden[i].act(pre[i], replay(states[i]))
                 if i > 0:  # the error of this layer's prediction from the (current) target below
                     p_pre = hidden[i].pre(z[i - 1])
-                    p = hidden[i].act(p_pre)
+                    p = hidden[i].act(p_pre, replay(states[i]))
                     err = hidden[i].act.backward(p_pre, p, penalty_grad(p - z[i], self.local_loss))
         return a_s, h_s, z, e_out, loss
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from tncn.layers import Feedback
-from tncn.learners.base import Learner, output_error, write_layer_grads
+from tncn.learners.base import Learner, UnitNoise, output_error, write_layer_grads
 from tncn.options import BOOL, FLOAT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
@@ -96,7 +96,7 @@ class LRAE(Learner):
             for layer in net.layers[1:]
         )
         self.discrepancy: Optional[Tensor] = None
-        self._sampler: Optional[torch.Generator] = None
+        self.units = UnitNoise(self.seed + 1)
 
     OPTIONS = (
         argument(__init__, "beta", FLOAT, "β, how far targets move from activities"),
@@ -108,19 +108,10 @@ class LRAE(Learner):
                  "unit's input spread), or auto (relative for sign, step and stochastic binary units)", choices=TARGET_SCALES),
     )
 
-    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
-        """A generator for stochastic units, on the data's device (None for deterministic ones)."""
-        act = self.net.act
-        if act is None or not act.needs_generator:
-            return None
-        if self._sampler is None or self._sampler.device != device:
-            self._sampler = torch.Generator(device=device).manual_seed(self.seed + 1)
-        return self._sampler
-
     @torch.no_grad()
     def local_errors(self, x: Tensor, y: Tensor):
         """Forward pass and top-down targets: ``(h_s, errors, loss)`` with errors [e^1, ..., e^L]."""
-        gen = self._generator(x.device)
+        gen = self.units.generator(self.net.act, x.device)
         states: list = []
         a_s, h_s = self.net.forward_all(x, gen, states)
         e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
@@ -130,17 +121,9 @@ class LRAE(Learner):
             d = E(errors[-1])
             if self.relative:
                 d = d * torch.clamp(_rms(a) / _rms(d).clamp_min(1e-30), min=1.0)
-            target = layer.act(a - self.beta * d, self._replay(state))
+            target = layer.act(a - self.beta * d, self.units.replay(state))
             errors.append(h - target)
         return h_s, errors[::-1], loss
-
-    def _replay(self, state) -> Optional[torch.Generator]:
-        """A generator that repeats the draw a stochastic layer made from ``state`` (None: deterministic)."""
-        if state is None:
-            return None
-        gen = torch.Generator(device=self._sampler.device)
-        gen.set_state(state)
-        return gen
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> Tensor:
