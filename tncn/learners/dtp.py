@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from tncn.layers import Dense
-from tncn.learners.base import Learner, output_error, write_layer_grads
+from tncn.learners.base import Learner, UnitNoise, output_error, write_layer_grads
 from tncn.options import FLOAT, STR, argument, non_negative, positive
 
 Tensor = torch.Tensor
@@ -134,8 +134,8 @@ class DifferenceTargetPropagation(Learner):
         self.discrepancy: Optional[Tensor] = None
         self.reconstruction: Optional[Tensor] = None
         self.register_buffer("noise_seed", torch.tensor(self.seed))  # in state_dict: a loaded learner draws alike
+        self.units = UnitNoise(self.seed + 1)
         self._noise_gen: Optional[torch.Generator] = None
-        self._unit_gen: Optional[torch.Generator] = None
         self._seeded: Optional[int] = None
 
     OPTIONS = _options(__init__)
@@ -160,19 +160,20 @@ class DifferenceTargetPropagation(Learner):
 
     # ------------------------------------------------------------------ randomness
 
-    def _generators(self, device: torch.device) -> tuple[torch.Generator, Optional[torch.Generator]]:
-        """The noise generator and one for stochastic units (None for deterministic ones), on the data's device."""
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of the inverses' noise, on the data's device, seeded from ``noise_seed``."""
         seed = int(self.noise_seed)
         if self._noise_gen is None or self._noise_gen.device != device or self._seeded != seed:
             self._noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
-            self._unit_gen = torch.Generator(device=device).manual_seed(seed + 1)
             self._seeded = seed
-        act = self.net.act
-        return self._noise_gen, self._unit_gen if act is not None and act.needs_generator else None
+        return self._noise_gen
+
+    def _units(self, device: torch.device) -> Optional[torch.Generator]:
+        return self.units.generator(self.net.act, device)
 
     def noise(self, h_s: list[Tensor]) -> list[Tensor]:
         """One draw of ε for the lower layer h^{l-1} of every inverse g^l, σ from the schedule."""
-        gen, _ = self._generators(h_s[0].device)
+        gen = self._noise_generator(h_s[0].device)
         out = []
         for h in h_s[1:len(self.inverses) + 1]:
             std = noise_std(self.sigma_schedule, self.sigma, self.tau, self.epoch, h)
@@ -193,7 +194,7 @@ class DifferenceTargetPropagation(Learner):
     @torch.no_grad()
     def targets(self, x: Tensor, y: Tensor):
         """Forward pass and DTP targets: ``(h_s, targets, loss)`` with targets [ĥ^1, ..., ĥ^{L-1}]."""
-        _, units = self._generators(x.device)
+        units = self._units(x.device)
         a_s, h_s = self.net.forward_all(x, units)
         e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
         return h_s, self._targets(h_s, e, units), loss
@@ -209,7 +210,7 @@ class DifferenceTargetPropagation(Learner):
     def write_inverse_grads(self, h_s: list[Tensor], noise: list[Tensor]) -> Tensor:
         """∂V^l, ∂c^l of the denoising losses ‖g^l(f^l(h^{l-1} + ε)) - (h^{l-1} + ε)‖² for the given ε;
         returns those losses averaged over the inverses (mean over the batch)."""
-        _, units = self._generators(h_s[0].device)
+        units = self._units(h_s[0].device)
         batch, total = h_s[0].shape[0], h_s[0].new_zeros(())
         for g, layer, h, eps in zip(self.inverses, self.net.layers[1:], h_s[1:], noise):
             corrupt = h + eps
@@ -227,7 +228,7 @@ class DifferenceTargetPropagation(Learner):
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """Write the DTP updates of the parameters the phase trains into ``param.grad`` (the
         others' ``.grad`` set to None); return the mean loss."""
-        _, units = self._generators(x.device)
+        units = self._units(x.device)
         a_s, h_s = self.net.forward_all(x, units)
         e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
         targets = self._targets(h_s, e, units)

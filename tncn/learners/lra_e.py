@@ -18,13 +18,15 @@ additions of ours, for such units:
 - **Relative targets** (``target_scale="relative"``): the step of unit j becomes
   β · max(1, rms_batch a^l_j / rms_batch d^l_j) · d^l_j, so that β is measured in units of the
   spread of the unit's own input (never less than the absolute step, so that a network started
-  from zero weights, where every a = 0, still learns). A sign or step unit ignores the scale of a (sign(ca) = sign(a)), so an
-  absolute step flips fewer and fewer targets as the weights grow, while a flipped unit sends an
-  error of size 2 down whatever the scale; the relative step keeps both in proportion. It is the
-  default for two-valued units ("auto"). MNIST, 3×256 units, centred inputs, Adam 2e-3, one epoch,
-  validation error, relative against absolute: sign 13.5 % against 23.7 %, step 12.3 % against
-  59.7 %, stochastic binary 35.6 % against 89 % (``tncn classify`` defaults before them, sign
-  units on raw pixels: 88.5 %).
+  from zero weights, where every a = 0, still learns). A sign or step unit ignores the scale of
+  a (sign(ca) = sign(a)), so an absolute step flips fewer and fewer targets as the weights grow,
+  while a flipped unit sends an error of size 2 down whatever the scale; the relative step keeps
+  both in proportion. It is the default for two-valued units ("auto"). MNIST, 3×256 units,
+  centred inputs, one epoch, validation error, relative targets at Adam 2e-3 against absolute
+  ones at Adam 1e-3 (the best absolute rate tried; 3e-3 and 3e-4 did worse for sign units): sign
+  13.5 % against 23.7 %, step 12.3 % against 59.7 %, stochastic binary 35.6 % against 89 %
+  (``tncn classify``'s defaults before them, sign units on raw pixels: 88.5 %). In deep sign
+  networks (8×256) neither trains well, and the absolute step is the less bad (docs/learners.md).
 - **Common random numbers** for stochastic units: the target y^l = f(a^l - β d^l) reuses the
   noise of the unit's own sample h^l = f(a^l), so that e^l = h^l - y^l is the effect of the shift,
   not the difference of two independent draws. The total
@@ -105,7 +107,8 @@ class LRAE(Learner):
         argument(__init__, "e_std", optional(FLOAT), "standard deviation of the initial error weights E "
                  "(none: 1/sqrt(width))", check=positive),
         argument(__init__, "target_scale", STR, "target step: absolute β d, relative (β in units of each "
-                 "unit's input spread), or auto (relative for sign, step and stochastic binary units)", choices=TARGET_SCALES),
+                 "unit's input spread), or auto (relative for sign, step and stochastic binary units)",
+                 choices=TARGET_SCALES),
     )
 
     @torch.no_grad()
