@@ -212,8 +212,9 @@ def test_the_other_observation_kind_is_refused_or_served(name):
 
 # --------------------------------------------------------------------------- feedforward rules
 
-def _net(seed=0):
-    return MLP([6, 8, 7, 3], activation="tanh", generator=torch.Generator().manual_seed(seed))
+def _net(seed=0, rule=None):
+    act = (learners.LEARNERS[rule].activation if rule else None) or "tanh"
+    return MLP([6, 8, 7, 3], activation=act, generator=torch.Generator().manual_seed(seed))
 
 
 def _xy(seed=0):
@@ -229,14 +230,15 @@ def test_rule_declarations_and_options_round_trip(rule):
     for o in cls.OPTIONS:
         assert o.read(json.loads(json.dumps(o.default))) == o.default
     with pytest.raises(OptionError, match=f"rule {rule} has no option 'no_such_option'"):
-        learners.make(rule, _net(), no_such_option=1)
-    a, b = learners.make(rule, _net(), **defaults), learners.make(rule, _net(), **json.loads(json.dumps(defaults)))
+        learners.make(rule, _net(rule=rule), no_such_option=1)
+    a, b = (learners.make(rule, _net(rule=rule), **defaults),
+            learners.make(rule, _net(rule=rule), **json.loads(json.dumps(defaults))))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 @pytest.mark.parametrize("rule", list(learners.LEARNERS))
 def test_rule_writes_every_update_into_param_grad(rule):
-    learner = learners.make(rule, _net(), seed=1)
+    learner = learners.make(rule, _net(rule=rule), seed=1)
     loss = learner.step(*_xy())
     assert torch.isfinite(loss)
     for p in learner.parameters():
@@ -246,13 +248,13 @@ def test_rule_writes_every_update_into_param_grad(rule):
 
 @pytest.mark.parametrize("rule", list(learners.LEARNERS))
 def test_rule_state_round_trips_and_repeats_for_a_seed(rule):
-    a = learners.make(rule, _net(), seed=4)
+    a = learners.make(rule, _net(rule=rule), seed=4)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b = learners.make(rule, _net(seed=7), seed=8)
+    b = learners.make(rule, _net(seed=7, rule=rule), seed=8)
     b.load_state_dict(torch.load(buf, weights_only=True))
-    c = learners.make(rule, _net(), seed=4)
+    c = learners.make(rule, _net(rule=rule), seed=4)
     x, y = _xy(2)
     for lrn in (a, b, c):
         lrn.step(x, y)

@@ -42,9 +42,9 @@ def _onehot(y, n):
 
 
 def test_registry_names_and_errors():
-    assert set(learners.LEARNERS) == {"bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"}
+    assert set(learners.LEARNERS) == {"bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma", "rbm"}
     net = _net([5, 4, 3])
-    with pytest.raises(ValueError, match="known: bp, dfa, dtp, dtp-sigma, fa, lra, lra-e"):
+    with pytest.raises(ValueError, match="known: bp, dfa, dtp, dtp-sigma, fa, lra, lra-e, rbm"):
         learners.make("ep", net)
     with pytest.raises(OptionError, match="rule fa has no option 'beta'; its options: feedback_std"):
         learners.make("fa", net, beta=0.1)
@@ -162,7 +162,7 @@ def test_lra_e_step_on_tiny_matrices_by_hand():
 def test_lra_e_fixed_error_weights_are_buffers():
     net = _net([5, 6, 4, 3])
     lra = learners.make("lra-e", net, learn_e=False)
-    assert {n for n, _ in lra.named_buffers()} == {"E.0.weight", "E.1.weight"}
+    assert {n for n, _ in lra.named_buffers()} == {"E.0.weight", "E.1.weight", "units.seed"}
     learned = learners.make("lra-e", _net([5, 6, 4, 3]))
     assert {"E.0.weight", "E.1.weight"} <= {n for n, _ in learned.named_parameters()}
 
@@ -348,7 +348,7 @@ def test_lra_e_error_weights_track_transposed_weights(opt_name, gamma, invariant
 @pytest.mark.parametrize("loss", ["ce", "mse", "mae"])
 @pytest.mark.parametrize("rule", sorted(learners.LEARNERS))
 def test_every_rule_trains_every_output_loss_with_the_true_output_gradient(rule, loss):
-    net = _net([5, 6, 4, 3], loss=loss)
+    net = _net([5, 6, 4, 3], activation=learners.LEARNERS[rule].activation or "tanh", loss=loss)
     x, y = _batch()
     lrn = learners.make(rule, net)
     value = lrn.step(x, y)

@@ -1,7 +1,7 @@
 """``tncn classify``: train a feedforward classifier with one learning rule and report its test error.
 
 The rules (``tncn.learners``: backprop, FA, DFA, LRA-E and LRA of Ororbia et al., DTP of Lee et
-al.) train the same ``tncn.mlp.MLP``, so ``--rule`` swaps one word. Per epoch: a progress bar,
+al., RBMs trained by contrastive divergence with a readout) train the same ``tncn.mlp.MLP``, so ``--rule`` swaps one word. Per epoch: a progress bar,
 the training loss, the validation error and optionally the angle of each layer's update to the
 backprop gradient, and the rule's total local discrepancy where it has one; at the end the test
 error. ``--json`` writes the result with the per-epoch curve; ``--out DIR`` writes result.json,
@@ -80,9 +80,10 @@ def register(subparsers, argv=None) -> None:
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help=f"subtract the mean training image from every image (default: on for {two_valued} units, "
                         "off otherwise)")
-    p.add_argument("--activation", default="tanh",
+    p.add_argument("--activation",
                    help=f"hidden activation: {', '.join(a for a in ACTIVATIONS if a != 'softmax')} "
-                        "(lwta:K, slwta:K for blocks of K units; default tanh)")
+                        "(lwta:K, slwta:K for blocks of K units; default tanh, or the one the rule trains: "
+                        "sigmoid for rbm)")
     p.add_argument("--loss", default="ce", choices=list(LOSSES),
                    help="output loss: " + "; ".join(f"{n}, {l.help}" for n, l in LOSSES.items()) + " (ce)")
     p.add_argument("--init", default="normal", help=f"weight initialiser: {', '.join(INITIALISERS)} (normal)")
@@ -107,6 +108,7 @@ def run(args) -> int:
     from tncn.mlp import MLP, error_rate, fit
     from tncn.optim import make_optimizer
 
+    args.activation = args.activation or args.rule_class.activation or "tanh"
     o = flags.read(args, "data_root", "batch_size", "seed", "device", defaults=DEFAULTS)
     by_activation = BY_ACTIVATION.get(args.activation, {})
     opt = flags.values(args, OPTIMIZER)

@@ -8,7 +8,9 @@
 - ``lra``: local representation alignment with fixed random feedback and the Cauchy local loss,
   Ororbia, Mali, Kifer & Giles, arXiv 1803.01834 (``lra.py``);
 - ``dtp``: difference target propagation, Lee, Zhang, Fischer & Bengio 2015 (``dtp.py``);
-- ``dtp-sigma``: DTP with an adaptive noise schedule, our reading of Ororbia & Mali's DTP-σ (``dtp.py``).
+- ``dtp-sigma``: DTP with an adaptive noise schedule, our reading of Ororbia & Mali's DTP-σ (``dtp.py``);
+- ``rbm``: restricted Boltzmann machines trained by contrastive divergence on every hidden layer,
+  Hinton 2002, with a readout on top (``rbm.py``).
 
 Every learner is an ``nn.Module`` holding the network and its own matrices; ``step(x, y)`` writes
 the update of every parameter into ``param.grad`` and returns the loss, and any ``torch.optim``
@@ -26,11 +28,12 @@ from tncn.learners.dtp import DifferenceTargetPropagation, DTPSigma
 from tncn.learners.fa import FeedbackAlignment
 from tncn.learners.lra import LRA
 from tncn.learners.lra_e import LRAE
+from tncn.learners.rbm import RBM
 from tncn.options import read
 
 LEARNERS: dict[str, type[Learner]] = {
     cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE, LRA,
-                            DifferenceTargetPropagation, DTPSigma)
+                            DifferenceTargetPropagation, DTPSigma, RBM)
 }
 
 
@@ -47,4 +50,4 @@ def make(name: str, net, seed: int = 0, **opts) -> Learner:
 
 __all__ = ["LEARNERS", "Learner", "make", "backprop_grads",
            "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE", "LRA",
-           "DifferenceTargetPropagation", "DTPSigma"]
+           "DifferenceTargetPropagation", "DTPSigma", "RBM"]

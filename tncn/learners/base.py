@@ -29,18 +29,24 @@ class Learner(nn.Module):
 
     Declared on each rule's class: ``name`` (its key in ``tncn.learners.LEARNERS``), ``OPTIONS``
     (its keyword options as ``tncn.options.Option``s, defaults read from its signature, from which
-    ``tncn classify --rule NAME`` builds its flags) and ``needs_derivative`` (it refuses
-    activations without f′). A rule whose constructor takes ``seed`` draws random matrices from it.
+    ``tncn classify --rule NAME`` builds its flags), ``needs_derivative`` (it refuses
+    activations without f′) and ``activation`` (the one hidden activation it trains, None: any;
+    ``tncn classify`` takes it as the rule's default). A rule whose constructor takes ``seed``
+    draws random matrices from it.
     """
 
     name: ClassVar[str]
     OPTIONS: ClassVar[tuple] = ()
     needs_derivative: ClassVar[bool] = False
+    activation: ClassVar[Optional[str]] = None
 
     def __init__(self, net):
         super().__init__()
         if self.needs_derivative:
             require_derivative(net, self.name)
+        if self.activation is not None and net.act is not None and net.act.name != self.activation:
+            raise ValueError(f"rule {self.name!r} trains {self.activation} hidden units "
+                             f"(--activation {self.activation}), not {net.act.name!r}")
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
@@ -88,24 +94,31 @@ class FixedFeedbackRule(Learner):
         raise NotImplementedError
 
 
-class UnitNoise:
-    """The samples of a network's stochastic units (stochastic binary, SLWTA), reproducible from a
-    seed and repeatable: ``tncn.mlp.MLP.forward_all(x, generator, states)`` records the generator's
-    state before each layer, and ``replay(state)`` gives a generator that draws that layer's noise
-    again, so that a rule can evaluate a unit at a target input under the same noise as its own
-    sample (common random numbers), and e = h - f(target) measures the shift, not two draws."""
+class UnitNoise(nn.Module):
+    """A stream of random draws for a rule (the samples of stochastic units, DTP's noise),
+    reproducible from a seed kept in the ``state_dict`` (a loaded learner draws alike), and
+    repeatable: ``tncn.mlp.MLP.forward_all(x, generator, states)`` records the generator's state
+    before each layer, and ``replay(state)`` gives a generator that draws that layer's noise again,
+    so that a rule can evaluate a unit at a target input under the same noise as its own sample
+    (common random numbers), and e = h - f(target) measures the shift, not two draws."""
 
     def __init__(self, seed: int):
-        self.seed = int(seed)
+        super().__init__()
+        self.register_buffer("seed", torch.tensor(int(seed)))
         self._gen: Optional[torch.Generator] = None
+        self._seeded: Optional[int] = None
 
-    def generator(self, act, device: torch.device) -> Optional[torch.Generator]:
-        """The generator for ``act``'s samples on ``device`` (None for deterministic units)."""
-        if act is None or not act.needs_generator:
-            return None
-        if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The generator on ``device``, started from ``seed``."""
+        seed = int(self.seed)
+        if self._gen is None or self._gen.device != device or self._seeded != seed:
+            self._gen = torch.Generator(device=device).manual_seed(seed)
+            self._seeded = seed
         return self._gen
+
+    def for_units(self, act, device: torch.device) -> Optional[torch.Generator]:
+        """The generator for ``act``'s samples on ``device`` (None for deterministic units)."""
+        return self.generator(device) if act is not None and act.needs_generator else None
 
     def replay(self, state) -> Optional[torch.Generator]:
         """A generator that repeats the draw a layer made from ``state`` (None: deterministic units)."""

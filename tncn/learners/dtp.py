@@ -133,10 +133,8 @@ class DifferenceTargetPropagation(Learner):
         )
         self.discrepancy: Optional[Tensor] = None
         self.reconstruction: Optional[Tensor] = None
-        self.register_buffer("noise_seed", torch.tensor(self.seed))  # in state_dict: a loaded learner draws alike
         self.units = UnitNoise(self.seed + 1)
-        self._noise_gen: Optional[torch.Generator] = None
-        self._seeded: Optional[int] = None
+        self.noise_stream = UnitNoise(self.seed + 2)
 
     OPTIONS = _options(__init__)
 
@@ -160,20 +158,12 @@ class DifferenceTargetPropagation(Learner):
 
     # ------------------------------------------------------------------ randomness
 
-    def _noise_generator(self, device: torch.device) -> torch.Generator:
-        """The generator of the inverses' noise, on the data's device, seeded from ``noise_seed``."""
-        seed = int(self.noise_seed)
-        if self._noise_gen is None or self._noise_gen.device != device or self._seeded != seed:
-            self._noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
-            self._seeded = seed
-        return self._noise_gen
-
     def _units(self, device: torch.device) -> Optional[torch.Generator]:
-        return self.units.generator(self.net.act, device)
+        return self.units.for_units(self.net.act, device)
 
     def noise(self, h_s: list[Tensor]) -> list[Tensor]:
         """One draw of ε for the lower layer h^{l-1} of every inverse g^l, σ from the schedule."""
-        gen = self._noise_generator(h_s[0].device)
+        gen = self.noise_stream.generator(h_s[0].device)
         out = []
         for h in h_s[1:len(self.inverses) + 1]:
             std = noise_std(self.sigma_schedule, self.sigma, self.tau, self.epoch, h)

@@ -109,7 +109,7 @@ class LRA(Learner):
         """Forward pass and refined targets: ``(a_s, h_s, targets, e_out, loss)``, targets [z^1..z^{L-1}]."""
         net = self.net
         states: list = []
-        a_s, h_s = net.forward_all(x, self.units.generator(net.act, x.device), states)
+        a_s, h_s = net.forward_all(x, self.units.for_units(net.act, x.device), states)
         replay = self.units.replay
         e_out, loss = output_error(net, a_s[-1], h_s[-1], y)
         hidden = net.layers[:-1]

@@ -114,7 +114,7 @@ class LRAE(Learner):
     @torch.no_grad()
     def local_errors(self, x: Tensor, y: Tensor):
         """Forward pass and top-down targets: ``(h_s, errors, loss)`` with errors [e^1, ..., e^L]."""
-        gen = self.units.generator(self.net.act, x.device)
+        gen = self.units.for_units(self.net.act, x.device)
         states: list = []
         a_s, h_s = self.net.forward_all(x, gen, states)
         e, loss = output_error(self.net, a_s[-1], h_s[-1], y)
