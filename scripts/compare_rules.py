@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from sequences import images  # noqa: E402
 from tncn.cli import main as tncn_main  # noqa: E402
 from tncn.commands.classify import BY_ACTIVATION  # noqa: E402
-from tncn.diagnostics import filter_grid, pca_2d, top_hidden  # noqa: E402
+from tncn.diagnostics import draw_embedding, filter_grid, top_hidden  # noqa: E402
 from tncn.learners import LEARNERS  # noqa: E402
 from tncn.mlp import MLP, error_rate  # noqa: E402
 
@@ -69,19 +69,18 @@ NULL_UNITS = ["tanh", "relu6", "lwta", "slwta", "sign"]
 STOCHASTIC_UNITS = ["stochastic_binary", "slwta"]
 PROTOCOL = ["--batch-size", "50", "--schedule", "cosine", "--valid", "5000", "--split-seed", "0"]
 
+OPTIMIZER = ["--optimizer", "adam", "--lr", "1e-3"]  # every rule on units with a scale
 SETTINGS = {
-    # rule -> optimizer and rule options (every unit but the two-valued ones)
-    "bp": ["--optimizer", "adam", "--lr", "1e-3"],
-    "fa": ["--optimizer", "adam", "--lr", "1e-3"],
-    "dfa": ["--optimizer", "adam", "--lr", "1e-3"],
+    # rule -> its own options (every unit but the two-valued ones)
+    "bp": [], "fa": [], "dfa": [],
     # E ~ N(0, 1/256), on the scale of the Wᵀ it stands in for. In tanh networks each layer's local
     # error is about β times the one above, so with the paper's β = 0.1 the first layer of the
     # 8-layer net gets updates near 1e-12, below Adam's eps: β = 0.3 keeps them alive (chosen on
     # MNIST validation error).
-    "lra-e": ["--optimizer", "adam", "--lr", "1e-3", "--beta", "0.3"],
-    "lra": ["--optimizer", "adam", "--lr", "1e-3"],  # Cauchy loss, σ_E = 1, β = 0.03, K = 1
-    "dtp": ["--optimizer", "adam", "--lr", "1e-3"],  # η̂ = 0.1 per example, fixed σ = 0.36
-    "dtp-sigma": ["--optimizer", "adam", "--lr", "1e-3"],  # σ = 0.5·std(lower layer)
+    "lra-e": ["--beta", "0.3"],
+    "lra": [],  # Cauchy loss, σ_E = 1, β = 0.03, K = 1
+    "dtp": [],  # η̂ = 0.1 per example, fixed σ = 0.36
+    "dtp-sigma": [],  # σ = 0.5·std(lower layer)
 }
 TWO_VALUED = {"lra-e": []}  # the rules for two-valued units, at tncn classify's per-activation defaults
 ABSOLUTE = ["--target-scale", "absolute", "--lr", "1e-3", "--beta", "0.1"]  # LRA-E's sign defaults before them
@@ -91,13 +90,12 @@ LOSSES = ["ce", "mse", "mae"]
 
 
 def settings(rule: str, act: str) -> list[str]:
-    return TWO_VALUED[rule] if act in BY_ACTIVATION else SETTINGS[rule]
+    return TWO_VALUED[rule] if act in BY_ACTIVATION else OPTIMIZER + SETTINGS[rule]
 
 
 def accepts(rule: str, act: str) -> bool:
-    """Whether ``rule`` trains ``act`` units (the rules that need f′ refuse two-valued ones)."""
-    return not (LEARNERS[rule].needs_derivative and act in BY_ACTIVATION) and (
-        act not in BY_ACTIVATION or rule in TWO_VALUED)
+    """Whether ``rule`` trains ``act`` units (two-valued ones: only the rules of ``TWO_VALUED``)."""
+    return act not in BY_ACTIVATION or rule in TWO_VALUED
 
 
 def run_name(data, net, act, rule, seed, init="normal", tag=None):
@@ -216,7 +214,7 @@ def deep_tables(results, args) -> str:
             + _table(["rule"] + [f"{DATA[d]} {_net_label(n)} sign" for d, n in sign_cols], sign_rows)
             + "\n\nTraining seconds per epoch (one thread per run, two runs side by side on 2 cores):\n\n"
             + _table(head, sec_rows) + "\n")
-    settings_text = "\n".join(f"- {rule}: `{' '.join(opts)}`" for rule, opts in SETTINGS.items())
+    settings_text = "\n".join(f"- {rule}: `{' '.join(OPTIMIZER + opts)}`" for rule, opts in SETTINGS.items())
     return text + (f"\nCommon protocol: `{' '.join(PROTOCOL)}`; per-rule settings (tanh):\n\n{settings_text}\n")
 
 
@@ -277,18 +275,15 @@ def _trained_net(result: dict, data: images.ImageData) -> MLP:
 
 
 def embedding_plot(results, seed, net_name, path: Path, root) -> None:
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     data = images.load("mnist", root=root, valid=5000, seed=0)
-    x, y = data.test[0][:3000], data.test[1][:3000].numpy()
+    x, y = data.test[0][:3000], data.test[1][:3000]
     fig = Figure(figsize=(3.0 * len(RULES), 3.2))
     axes = fig.subplots(1, len(RULES))
-    cmap = colormaps["tab10"]
     for ax, rule in zip(axes, RULES):
         result = results[("mnist", net_name, "tanh", rule, seed)]
-        points = pca_2d(top_hidden(_trained_net(result, data), x))
-        ax.scatter(points[:, 0], points[:, 1], s=1, c=[cmap(int(c)) for c in y], alpha=0.6)
+        draw_embedding(ax, _trained_net(result, data), x, y, legend=False)
         ax.set_title(f"{rule} ({100 * result['test_error']:.2f} %)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -361,8 +356,7 @@ def grid(args) -> str:
     for rule in RULES:
         row = [rule]
         for loss, opt in cols:
-            extra = [o for o in SETTINGS[rule] if o not in ("--optimizer", "adam", "--lr", "1e-3")]
-            flags = ["--loss", loss, "--optimizer", opt, "--lr", GRID_RATES[opt], *extra]
+            flags = ["--loss", loss, "--optimizer", opt, "--lr", GRID_RATES[opt], *SETTINGS[rule]]
             row.append(cell([classify("mnist", "3x256", "tanh", rule, s, args.epochs, args.out, args.data_root,
                                       tag=f"{loss}_{opt}_e{args.epochs}", flags=flags) for s in seeds]))
         rows.append(row)

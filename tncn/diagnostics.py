@@ -9,9 +9,9 @@ arXiv 1805.11703, whose figures show the angle of LRA-E's updates against backpr
   LRA and DTP keep their own total discrepancy of the last step in ``learner.discrepancy``.
 - ``filter_grid`` / ``save_filters``: the first-layer weights W^1 as a grid of images, one per
   hidden unit (a matplotlib ``Figure`` saved as PNG, no pyplot).
-- ``pca_2d`` / ``save_embedding``: the topmost hidden layer's post-activations on a data set,
-  projected on their two leading principal axes and coloured by class (the picture of the
-  topmost post-activities in Ororbia's LRA talk).
+- ``pca_2d`` / ``draw_embedding`` / ``save_embedding``: the topmost hidden layer's
+  post-activations on a data set, projected on their two leading principal axes and coloured by
+  class (the picture of the topmost post-activities in Ororbia's LRA talk).
 """
 from __future__ import annotations
 
@@ -140,23 +140,30 @@ def pca_2d(h: Tensor) -> np.ndarray:
     return (a @ (axes * torch.where(signs == 0, 1.0, signs))).numpy()
 
 
+def draw_embedding(ax, net, x: Tensor, y: Tensor, legend: bool = True) -> None:
+    """Scatter the topmost hidden layer's activities on ``x`` into ``ax``: PCA to 2-D (``pca_2d``),
+    one colour per class ``y``."""
+    from matplotlib import colormaps
+
+    points, labels = pca_2d(top_hidden(net, x)), y.cpu().numpy()
+    cmap = colormaps["tab10"]
+    for c in np.unique(labels):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=2, alpha=0.6, color=cmap(int(c) % 10), label=str(int(c)))
+    if legend:
+        ax.legend(markerscale=4, fontsize=7, loc="upper right", title="class", title_fontsize=7)
+
+
 def save_embedding(net, x: Tensor, y: Tensor, path, title: str = "", count: int = 5000) -> Path:
     """A scatter plot of the topmost hidden layer's post-activations on (the first ``count`` of)
     ``x``, projected by PCA to 2-D and coloured by the class ``y``; written as PNG at ``path``."""
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    x, y = x[:count], y[:count].cpu().numpy()
-    points = pca_2d(top_hidden(net, x))
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
-    cmap = colormaps["tab10"]
-    for c in np.unique(y):
-        sel = y == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=3, alpha=0.6, color=cmap(int(c) % 10), label=str(int(c)))
+    draw_embedding(ax, net, x[:count], y[:count])
     ax.set_xlabel("principal axis 1")
     ax.set_ylabel("principal axis 2")
-    ax.legend(markerscale=4, fontsize=7, loc="upper right", title="class", title_fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
     files.save_figure(fig, Path(path), bbox_inches="tight")

@@ -45,6 +45,8 @@ class Activation:
     """Each output depends on its own input only (false for softmax and the LWTA blocks)."""
     block: int = 1
     """Units act in blocks of this many (LWTA's k): a layer's width must be a multiple of it."""
+    two_valued: bool = False
+    """The output takes two values only (sign, step, stochastic binary): it carries no scale."""
 
     @property
     def differentiable(self) -> bool:
@@ -145,13 +147,17 @@ ACTIVATIONS: dict[str, Activation] = {
         ),
         Activation("identity", lambda a: a, lambda a, h, g: g),
         Activation("softmax", lambda a: torch.softmax(a, dim=-1), _softmax_vjp, pointwise=False),
-        Activation("sign", torch.sign),
-        Activation("step", lambda a: (a > 0).to(a.dtype)),
-        Activation("stochastic_binary", _stochastic_binary, needs_generator=True),
+        Activation("sign", torch.sign, two_valued=True),
+        Activation("step", lambda a: (a > 0).to(a.dtype), two_valued=True),
+        Activation("stochastic_binary", _stochastic_binary, needs_generator=True, two_valued=True),
         winner_take_all("lwta"),
         winner_take_all("slwta"),
     ]
 }
+
+
+def two_valued_activations() -> list[str]:
+    return [n for n, a in ACTIVATIONS.items() if a.two_valued]
 
 
 def differentiable_activations() -> list[str]:

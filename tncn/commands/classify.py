@@ -30,7 +30,7 @@ import torch
 from tncn import checkpoint, files
 from tncn.commands import flags
 from tncn.errors import UserError
-from tncn.layers import ACTIVATIONS, INITIALISERS
+from tncn.layers import ACTIVATIONS, INITIALISERS, two_valued_activations
 from tncn.losses import LOSSES
 from tncn.optim import optimizer_options
 from tncn.options import FLOAT, INT, WIDTHS, Option, OptionError, non_negative, optional, positive
@@ -38,7 +38,7 @@ from tncn.options import FLOAT, INT, WIDTHS, Option, OptionError, non_negative, 
 DEFAULTS = {"batch_size": 50}
 """Shared flags whose default differs here: the protocol of scripts/compare_rules.py."""
 OPTIMIZER = optimizer_options("adam", 1e-3)
-BY_ACTIVATION = {a: {"center": True, "lr": 2e-3} for a in ("sign", "step", "stochastic_binary")}
+BY_ACTIVATION = {a: {"center": True, "lr": 2e-3} for a in two_valued_activations()}
 """Defaults that differ by hidden activation (flags given on the command line win): two-valued
 units see centred images (on raw non-negative pixels their networks stall) and a larger rate."""
 
