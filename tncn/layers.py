@@ -8,7 +8,8 @@ so that learning rules can be compared on identical networks.
   functions, the full Jacobian for softmax). Non-differentiable activations (sign, step,
   stochastic binary) have ``vjp = None``: rules that need f′ refuse them with a clear error,
   rules such as LRA-E and P-TNCN use them as they are.
-  ``ltanh`` is LeCun's scaled tanh, 1.7159·tanh(2a/3).
+  ``ltanh`` is LeCun's scaled tanh, 1.7159·tanh(2a/3); ``hard_sigmoid`` is clip(a, 0, 1), the ρ
+  of equilibrium propagation (Scellier & Bengio 2017).
   ``lwta`` and ``slwta`` are local winner-take-all units (Srivastava et al., "Compete to Compute",
   NeurIPS 2013): the units form blocks of k consecutive ones (k = 2; ``lwta:4`` names blocks of
   4), the winner of each block passes its input a and the others output 0. LWTA's winner is the
@@ -135,6 +136,11 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("tanh", torch.tanh, lambda a, h, g: g * (1.0 - h * h)),
         Activation("sigmoid", torch.sigmoid, lambda a, h, g: g * h * (1.0 - h)),
         Activation("relu", torch.relu, lambda a, h, g: g * (a > 0).to(g.dtype)),
+        Activation(
+            "hard_sigmoid",
+            lambda a: torch.clamp(a, 0.0, 1.0),
+            lambda a, h, g: g * ((a > 0) & (a < 1)).to(g.dtype),
+        ),
         Activation(
             "relu6",
             lambda a: torch.clamp(a, 0.0, 6.0),

@@ -107,11 +107,14 @@ class MLP(nn.Module):
 
 
 @torch.no_grad()
-def error_rate(net: MLP, x: Tensor, y: Tensor, batch_size: int = 2000) -> float:
-    """Fraction of rows of ``x`` whose most probable class differs from ``y``."""
+def error_rate(model, x: Tensor, y: Tensor, batch_size: int = 2000) -> float:
+    """Fraction of rows of ``x`` whose highest-scoring class differs from ``y``.
+
+    ``model``: an ``MLP``, or a learner, whose ``logits(x)`` scores the classes as the rule
+    predicts them (the feedforward pass, or EP's output after its free phase)."""
     wrong = 0
     for i in range(0, len(x), batch_size):
-        wrong += (net.logits(x[i:i + batch_size]).argmax(-1) != y[i:i + batch_size]).sum().item()
+        wrong += (model.logits(x[i:i + batch_size]).argmax(-1) != y[i:i + batch_size]).sum().item()
     return wrong / max(len(x), 1)
 
 
@@ -148,7 +151,10 @@ def fit(
 
     A learner with ``phases(epoch)`` (a list of names) is told each phase by ``set_phase(name)``
     before a pass over the shuffled data; angles are measured on passes whose updates reach the
-    weights (phases the learner lists in ``angle_phases``).
+    weights (phases the learner lists in ``angle_phases``). A learner that keeps state per
+    training example (EP's persistent particles) sets ``indexed = True`` and is given the rows'
+    positions in ``train`` as ``step(x, y, index=idx)``. The validation error is that of
+    ``learner.logits`` (``error_rate``).
 
     The divergence guard (``tncn.guard``) runs after every epoch: a non-finite training loss or
     weight, or a validation error worse than ``baseline`` (the majority class's) after an earlier
@@ -163,6 +169,7 @@ def fit(
     steps = math.ceil(n / batch_size)
     phases_of = getattr(learner, "phases", lambda epoch: [None])
     measured = getattr(learner, "angle_phases", None)
+    indexed = getattr(learner, "indexed", False)
     curve = []
     watch = Watch(baseline, unit="epoch", name="the validation error")
     for epoch in range(1, epochs + 1):
@@ -182,7 +189,7 @@ def fit(
             for i in bar:
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 x, y = x_train[idx], y_train[idx]
-                loss = learner.step(x, y)
+                loss = learner.step(x, y, index=idx) if indexed else learner.step(x, y)
                 if angles_here and i % angle_every == 0:
                     _sync(device)
                     t0 = time.perf_counter()
@@ -202,7 +209,7 @@ def fit(
         train_loss = loss_sum.item() / counted
         check_loss(train_loss, epoch, net, unit="epoch")
         check_weights(net, epoch, unit="epoch")
-        point = dict(epoch=epoch, train_loss=train_loss, valid_error=error_rate(net, *valid), seconds=seconds)
+        point = dict(epoch=epoch, train_loss=train_loss, valid_error=error_rate(learner, *valid), seconds=seconds)
         if angle_sums is not None:
             point["angles"] = [a / angle_count for a in angle_sums]
         if getattr(learner, "discrepancy", None) is not None:

@@ -137,7 +137,7 @@ def run(args) -> int:
         learner = learners.make(args.rule, net, seed=o["seed"], **rule_opts).to(device)
         if own["angles"] and not net.act.differentiable:
             raise ValueError(f"--angles compares with backprop, which needs a differentiable activation, not {args.activation!r}")
-        optimizer = make_optimizer(opt["optimizer"], learner.parameters(), opt["lr"], opt["momentum"],
+        optimizer = make_optimizer(opt["optimizer"], learner.param_groups(opt["lr"]), opt["lr"], opt["momentum"],
                                    opt["weight_decay"])
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -153,7 +153,7 @@ def run(args) -> int:
     curve = fit(learner, optimizer, data.train, data.valid, own["epochs"], o["batch_size"], gen,
                 scheduler=scheduler, angle_every=own["angles"], progress=False if args.no_progress else None,
                 baseline=majority)
-    test_error = error_rate(net, *data.test)
+    test_error = error_rate(learner, *data.test)
     result = dict(
         rule=args.rule, data=data.name, hidden=own["hidden"], activation=args.activation,
         epochs=own["epochs"], **opt, schedule=args.schedule, batch_size=o["batch_size"], seed=o["seed"],

@@ -52,6 +52,16 @@ class Learner(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """Class scores as the rule predicts them (``tncn.mlp.error_rate``): the network's a^L,
+        unless the rule predicts otherwise (EP and CHL: the output after the free phase)."""
+        return self.net.logits(x)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimizer's parameter groups at base learning rate ``lr``: one, unless the rule
+        gives its layers rates of their own (EP's per-layer rates)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
 
 def require_derivative(net, rule: str) -> None:
     """Refuse a network whose hidden activation has no derivative f′ (sign, step, ...)."""
