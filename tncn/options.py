@@ -109,6 +109,17 @@ def _show_widths(v) -> str:
     return ",".join(map(str, v))
 
 
+def _floats(v) -> list:
+    parts = v.replace(" ", "").split(",") if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
+    try:
+        values = [_float(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError("expected numbers, comma-separated (such as 1,0.5)")
+    return values
+
+
 INT = Kind("INT", _int)
 FLOAT = Kind("X", _float)
 BOOL = Kind("on|off", _bool, lambda v: "on" if v else "off")
@@ -117,6 +128,7 @@ PATH = Kind("DIR", _str)
 FILE = Kind("FILE", _str)
 URL = Kind("URL", _str)
 WIDTHS = Kind("H1,H2,...", _widths, _show_widths)
+FLOATS = Kind("X1,X2,...", _floats, _show_widths)
 
 _NONE = ("none", "null", "off")
 

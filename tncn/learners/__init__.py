@@ -10,7 +10,10 @@
 - ``dtp``: difference target propagation, Lee, Zhang, Fischer & Bengio 2015 (``dtp.py``);
 - ``dtp-sigma``: DTP with an adaptive noise schedule, our reading of Ororbia & Mali's DTP-σ (``dtp.py``);
 - ``rbm``: restricted Boltzmann machines trained by contrastive divergence on every hidden layer,
-  Hinton 2002, with a readout on top (``rbm.py``).
+  Hinton 2002, with a readout on top (``rbm.py``);
+- ``ep``: equilibrium propagation, Scellier & Bengio 2017, with persistent particles and the
+  random-sign or symmetric nudge (``ep.py``);
+- ``chl``: contrastive Hebbian learning, Movellan 1991, on the same settling network (``ep.py``).
 
 Every learner is an ``nn.Module`` holding the network and its own matrices; ``step(x, y)`` writes
 the update of every parameter into ``param.grad`` and returns the loss, and any ``torch.optim``
@@ -24,6 +27,7 @@ from tncn.layers import lookup
 from tncn.learners.backprop import Backprop, backprop_grads
 from tncn.learners.base import Learner
 from tncn.learners.dfa import DirectFeedbackAlignment
+from tncn.learners.ep import ContrastiveHebbian, EquilibriumPropagation
 from tncn.learners.dtp import DifferenceTargetPropagation, DTPSigma
 from tncn.learners.fa import FeedbackAlignment
 from tncn.learners.lra import LRA
@@ -33,7 +37,7 @@ from tncn.options import read
 
 LEARNERS: dict[str, type[Learner]] = {
     cls.name: cls for cls in (Backprop, FeedbackAlignment, DirectFeedbackAlignment, LRAE, LRA,
-                            DifferenceTargetPropagation, DTPSigma, RBM)
+                            DifferenceTargetPropagation, DTPSigma, RBM, EquilibriumPropagation, ContrastiveHebbian)
 }
 
 
@@ -50,4 +54,5 @@ def make(name: str, net, seed: int = 0, **opts) -> Learner:
 
 __all__ = ["LEARNERS", "Learner", "make", "backprop_grads",
            "Backprop", "FeedbackAlignment", "DirectFeedbackAlignment", "LRAE", "LRA",
-           "DifferenceTargetPropagation", "DTPSigma", "RBM"]
+           "DifferenceTargetPropagation", "DTPSigma", "RBM",
+           "EquilibriumPropagation", "ContrastiveHebbian"]

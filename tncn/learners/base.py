@@ -30,8 +30,9 @@ class Learner(nn.Module):
     Declared on each rule's class: ``name`` (its key in ``tncn.learners.LEARNERS``), ``OPTIONS``
     (its keyword options as ``tncn.options.Option``s, defaults read from its signature, from which
     ``tncn classify --rule NAME`` builds its flags), ``needs_derivative`` (it refuses
-    activations without f′) and ``activation`` (the one hidden activation it trains, None: any;
-    ``tncn classify`` takes it as the rule's default). A rule whose constructor takes ``seed``
+    activations without f′), ``activation`` (the hidden activation it trains, None: any;
+    ``tncn classify`` takes it as the rule's default) and ``activations`` (the ones it accepts
+    where there are several; empty: ``activation`` only). A rule whose constructor takes ``seed``
     draws random matrices from it.
     """
 
@@ -39,14 +40,16 @@ class Learner(nn.Module):
     OPTIONS: ClassVar[tuple] = ()
     needs_derivative: ClassVar[bool] = False
     activation: ClassVar[Optional[str]] = None
+    activations: ClassVar[tuple] = ()
 
     def __init__(self, net):
         super().__init__()
         if self.needs_derivative:
             require_derivative(net, self.name)
-        if self.activation is not None and net.act is not None and net.act.name != self.activation:
-            raise ValueError(f"rule {self.name!r} trains {self.activation} hidden units "
-                             f"(--activation {self.activation}), not {net.act.name!r}")
+        allowed = self.activations or ((self.activation,) if self.activation else ())
+        if allowed and net.act is not None and net.act.name not in allowed:
+            raise ValueError(f"rule {self.name!r} trains {' or '.join(allowed)} hidden units "
+                             f"(--activation {allowed[0]}), not {net.act.name!r}")
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
