@@ -41,6 +41,10 @@ OPTIMIZER = optimizer_options("adam", 1e-3)
 BY_ACTIVATION = {a: {"center": True, "lr": 2e-3} for a in two_valued_activations()}
 """Defaults that differ by hidden activation (flags given on the command line win): two-valued
 units see centred images (on raw non-negative pixels their networks stall) and a larger rate."""
+BY_RULE = {"ep": {"optimizer": "sgd", "lr": 0.1}, "chl": {"optimizer": "sgd", "lr": 0.1}}
+"""The optimizer of a rule's published recipe, when no --optimizer is given: EP and CHL take
+plain SGD at 0.1 (Scellier & Bengio's net1); with Adam at 1e-3 their persistent particles
+drift away from the states that prediction settles to (the docstring of ``tncn.learners.ep``)."""
 
 
 OWN = (
@@ -84,13 +88,15 @@ def register(subparsers, argv=None) -> None:
                    help=f"hidden activation: {', '.join(a for a in ACTIVATIONS if a != 'softmax')} "
                         "(lwta:K, slwta:K for blocks of K units; default tanh, or the one the rule trains: "
                         "sigmoid for rbm)")
-    p.add_argument("--loss", default="ce", choices=list(LOSSES),
-                   help="output loss: " + "; ".join(f"{n}, {l.help}" for n, l in LOSSES.items()) + " (ce)")
+    p.add_argument("--loss", choices=list(LOSSES),
+                   help="output loss: " + "; ".join(f"{n}, {l.help}" for n, l in LOSSES.items())
+                        + " (ce; ep and chl minimise their own cost)")
     p.add_argument("--init", default="normal", help=f"weight initialiser: {', '.join(INITIALISERS)} (normal)")
     flags.add(p, OWN)
     p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
                    help="learning-rate schedule over the epochs: cosine annealing to 0, or constant (cosine)")
-    flags.add(p.add_argument_group("optimizer", f"(with Adam, {two_valued} units default to lr 2e-3)"), OPTIMIZER)
+    flags.add(p.add_argument_group("optimizer", f"(with Adam, {two_valued} units default to lr 2e-3; "
+                                                "ep and chl default to sgd at 0.1)"), OPTIMIZER)
     if cls is not None and cls.OPTIONS:
         flags.add(p.add_argument_group(f"rule {cls.name}"), cls.OPTIONS)
     p.add_argument("--filters", type=Path, metavar="PNG", help="write a grid of first-layer filters here")
@@ -112,9 +118,16 @@ def run(args) -> int:
     o = flags.read(args, "data_root", "batch_size", "seed", "device", defaults=DEFAULTS)
     by_activation = BY_ACTIVATION.get(args.activation, {})
     opt = flags.values(args, OPTIMIZER)
-    if "lr" in by_activation and "lr" not in flags.given(args, OPTIMIZER) and opt["optimizer"] == "adam":
+    given_opt = flags.given(args, OPTIMIZER)
+    if "optimizer" not in given_opt and args.rule in BY_RULE:
+        opt.update({k: v for k, v in BY_RULE[args.rule].items() if k not in given_opt})
+    if "lr" in by_activation and "lr" not in given_opt and opt["optimizer"] == "adam":
         opt["lr"] = by_activation["lr"]
     rule_opts = flags.given(args, args.rule_class.OPTIONS)
+    own_cost = args.rule_class.cost
+    if own_cost and args.loss is not None:
+        raise UserError(f"rule {args.rule} minimises its own cost ({own_cost}); --loss does not apply")
+    args.loss = args.loss or "ce"
     own = flags.values(args, OWN)
     device = runs.resolve_device(o["device"])
     out = Path(args.out) if args.out else None
@@ -135,6 +148,9 @@ def run(args) -> int:
         net = MLP([data.train[0].shape[1], *own["hidden"], data.n_classes], activation=args.activation,
                   init=args.init, std=own["init_std"], generator=gen, loss=args.loss)
         learner = learners.make(args.rule, net, seed=o["seed"], **rule_opts).to(device)
+        if own["angles"] and own_cost:
+            raise ValueError(f"--angles compares with backprop's gradient of the feedforward network, which rule "
+                             f"{args.rule} does not follow (it minimises {own_cost})")
         if own["angles"] and not net.act.differentiable:
             raise ValueError(f"--angles compares with backprop, which needs a differentiable activation, not {args.activation!r}")
         optimizer = make_optimizer(opt["optimizer"], learner.param_groups(opt["lr"]), opt["lr"], opt["momentum"],
@@ -146,7 +162,7 @@ def run(args) -> int:
     sizes = data.sizes()
     print(f"{args.rule} on {data.name} ({sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test), "
           f"hidden {','.join(map(str, own['hidden']))} {args.activation}{', centred' if center else ''}, "
-          f"loss {args.loss}, {opt['optimizer']} lr {opt['lr']}, "
+          f"loss {own_cost or args.loss}, {opt['optimizer']} lr {opt['lr']}, "
           f"{own['epochs']} epochs of batch {o['batch_size']} on {device}")
     counts = torch.bincount(data.train[1].cpu(), minlength=data.n_classes)
     majority = float((data.valid[1].cpu() != counts.argmax()).float().mean()) if len(data.valid[1]) else None
@@ -158,7 +174,7 @@ def run(args) -> int:
         rule=args.rule, data=data.name, hidden=own["hidden"], activation=args.activation,
         epochs=own["epochs"], **opt, schedule=args.schedule, batch_size=o["batch_size"], seed=o["seed"],
         init=args.init, init_std=own["init_std"], center=center, loss=args.loss, options=rule_opts,
-        sizes=sizes, test_error=test_error, valid_error=curve[-1]["valid_error"],
+        sizes=sizes, test_error=test_error, rule_measures=learner.measure(), valid_error=curve[-1]["valid_error"],
         train_seconds=sum(p["seconds"] for p in curve), curve=curve,
         device=str(device), torch=str(torch.__version__), machine=platform.machine(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -32,7 +32,9 @@ class Learner(nn.Module):
     ``tncn classify --rule NAME`` builds its flags), ``needs_derivative`` (it refuses
     activations without f′), ``activation`` (the hidden activation it trains, None: any;
     ``tncn classify`` takes it as the rule's default) and ``activations`` (the ones it accepts
-    where there are several; empty: ``activation`` only). A rule whose constructor takes ``seed``
+    where there are several; empty: ``activation`` only), and ``cost`` (a rule that minimises an
+    objective of its own instead of ``net.loss`` describes it here, and its updates are not the
+    feedforward network's gradient). A rule whose constructor takes ``seed``
     draws random matrices from it.
     """
 
@@ -41,6 +43,7 @@ class Learner(nn.Module):
     needs_derivative: ClassVar[bool] = False
     activation: ClassVar[Optional[str]] = None
     activations: ClassVar[tuple] = ()
+    cost: ClassVar[Optional[str]] = None
 
     def __init__(self, net):
         super().__init__()
@@ -59,6 +62,10 @@ class Learner(nn.Module):
         """Class scores as the rule predicts them (``tncn.mlp.error_rate``): the network's a^L,
         unless the rule predicts otherwise (EP and CHL: the output after the free phase)."""
         return self.net.logits(x)
+
+    def measure(self) -> dict:
+        """The rule's own measurements for the result (EP's relaxation cost); none by default."""
+        return {}
 
     def param_groups(self, lr: float) -> list[dict]:
         """The optimizer's parameter groups at base learning rate ``lr``: one, unless the rule

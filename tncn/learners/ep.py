@@ -51,7 +51,7 @@ import torch
 
 from tncn.layers import get_activation
 from tncn.learners.base import Learner
-from tncn.options import FLOAT, FLOATS, INT, STR, argument, optional, positive
+from tncn.options import BOOL, FLOAT, FLOATS, INT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
 
@@ -167,17 +167,18 @@ class _Settling(Learner):
 
     activation = "hard_sigmoid"
     activations = SETTLED
+    cost = "squared error of the settled output state, ||rho(s_L) - y||^2"
     indexed = True
 
     def __init__(self, net, epsilon: float, free_steps: int, tolerance: float, eval_steps: int,
-                 lr_scale: Optional[list]):
+                 lr_scale: Optional[list], persistent: bool):
         super().__init__(net)
         if not 0 < float(epsilon) <= 1:
             raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
         if lr_scale is not None and len(lr_scale) != len(net.layers):
             raise ValueError(f"lr_scale needs one factor per weight layer ({len(net.layers)}), got {len(lr_scale)}")
         self.epsilon, self.free_steps, self.tolerance = float(epsilon), int(free_steps), float(tolerance)
-        self.eval_steps = int(eval_steps)
+        self.eval_steps, self.persistent = int(eval_steps), bool(persistent)
         self.lr_scale = list(lr_scale) if lr_scale is not None else None
         self.particles: Optional[Tensor] = None  # [N, Σ n_k] free states by training example
         self.visited: Optional[Tensor] = None
@@ -196,7 +197,7 @@ class _Settling(Learner):
     # ------------------------------------------------------------------ persistent particles
     def _start(self, settler: Settler, index: Optional[Tensor]) -> list[Tensor]:
         s = settler.feedforward()
-        if index is None:
+        if index is None or not self.persistent:
             return s
         n = int(index.max()) + 1
         widths = [sk.shape[1] for sk in s]
@@ -212,7 +213,7 @@ class _Settling(Learner):
         return [torch.where(old, p, f) for p, f in zip(stored, s)]
 
     def _keep(self, s: list[Tensor], index: Optional[Tensor]) -> None:
-        if index is not None:
+        if index is not None and self.persistent:
             self.particles[index] = torch.cat(s, 1)
             self.visited[index] = True
 
@@ -268,6 +269,8 @@ class EquilibriumPropagation(_Settling):
         tolerance: a phase stops once no state moves by more than this in a step.
         eval_steps: the step cap of the free phase that predicts.
         lr_scale: a learning-rate factor per weight layer, input side first (none: all 1).
+        persistent: start each free phase from the example's particle (off: from the
+            feedforward pass, as prediction does).
         seed: seeds the signs of β.
     """
 
@@ -275,8 +278,8 @@ class EquilibriumPropagation(_Settling):
 
     def __init__(self, net, beta: float = 0.5, estimator: str = "random-sign", epsilon: float = 0.5,
                  free_steps: int = 20, nudged_steps: Optional[int] = None, tolerance: float = 1e-4,
-                 eval_steps: int = 100, lr_scale: Optional[list] = None, seed: int = 0):
-        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale)
+                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True, seed: int = 0):
+        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
         if not float(beta) > 0:
@@ -297,6 +300,8 @@ class EquilibriumPropagation(_Settling):
         argument(__init__, "eval_steps", INT, "step cap of the free phase that predicts", check=positive),
         argument(__init__, "lr_scale", optional(FLOATS), "learning-rate factor per weight layer, input side "
                  "first (none: all 1)"),
+        argument(__init__, "persistent", BOOL, "start each free phase from the example's last free state "
+                 "(off: from the feedforward pass)"),
     )
 
     @torch.no_grad()
@@ -327,11 +332,11 @@ class ContrastiveHebbian(_Settling):
     name = "chl"
 
     def __init__(self, net, epsilon: float = 0.5, free_steps: int = 20, tolerance: float = 1e-4,
-                 eval_steps: int = 100, lr_scale: Optional[list] = None):
-        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale)
+                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True):
+        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent)
 
     OPTIONS = tuple(o for o in EquilibriumPropagation.OPTIONS
-                    if o.name in ("epsilon", "free_steps", "tolerance", "eval_steps", "lr_scale"))
+                    if o.name in ("epsilon", "free_steps", "tolerance", "eval_steps", "lr_scale", "persistent"))
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor, index: Optional[Tensor] = None) -> Tensor:
