@@ -41,10 +41,6 @@ OPTIMIZER = optimizer_options("adam", 1e-3)
 BY_ACTIVATION = {a: {"center": True, "lr": 2e-3} for a in two_valued_activations()}
 """Defaults that differ by hidden activation (flags given on the command line win): two-valued
 units see centred images (on raw non-negative pixels their networks stall) and a larger rate."""
-BY_RULE = {"ep": {"optimizer": "sgd", "lr": 0.1}, "chl": {"optimizer": "sgd", "lr": 0.1}}
-"""The optimizer of a rule's published recipe, when no --optimizer is given: EP and CHL take
-plain SGD at 0.1 (Scellier & Bengio's net1); with Adam at 1e-3 their persistent particles
-drift away from the states that prediction settles to (the docstring of ``tncn.learners.ep``)."""
 
 
 OWN = (
@@ -95,8 +91,7 @@ def register(subparsers, argv=None) -> None:
     flags.add(p, OWN)
     p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
                    help="learning-rate schedule over the epochs: cosine annealing to 0, or constant (cosine)")
-    flags.add(p.add_argument_group("optimizer", f"(with Adam, {two_valued} units default to lr 2e-3; "
-                                                "ep and chl default to sgd at 0.1)"), OPTIMIZER)
+    flags.add(p.add_argument_group("optimizer", f"(with Adam, {two_valued} units default to lr 2e-3)"), OPTIMIZER)
     if cls is not None and cls.OPTIONS:
         flags.add(p.add_argument_group(f"rule {cls.name}"), cls.OPTIONS)
     p.add_argument("--filters", type=Path, metavar="PNG", help="write a grid of first-layer filters here")
@@ -119,8 +114,6 @@ def run(args) -> int:
     by_activation = BY_ACTIVATION.get(args.activation, {})
     opt = flags.values(args, OPTIMIZER)
     given_opt = flags.given(args, OPTIMIZER)
-    if "optimizer" not in given_opt and args.rule in BY_RULE:
-        opt.update({k: v for k, v in BY_RULE[args.rule].items() if k not in given_opt})
     if "lr" in by_activation and "lr" not in given_opt and opt["optimizer"] == "adam":
         opt["lr"] = by_activation["lr"]
     rule_opts = flags.given(args, args.rule_class.OPTIONS)

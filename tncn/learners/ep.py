@@ -27,9 +27,13 @@ s^β. The update, written into ``.grad`` as the gradient of the batch-mean cost 
     ∂θ = (∂E/∂θ(s^β) − ∂E/∂θ(s⁰)) / β,   ∂E/∂W_k = −mean ρ(s_{k−1})ᵀ ρ(s_k),   ∂E/∂b_k = −mean ρ(s_k).
 
 β's sign is drawn at random per batch (``random-sign``, as the official code does), or fixed
-(``one-sided``, bias O(β)), or the symmetric estimator of Laborieux et al. ("Scaling Equilibrium
-Propagation to Deep ConvNets by Drastically Reducing its Gradient Estimator Bias", Frontiers in
-Neuroscience 2021), ∂θ = (∂E/∂θ(s^β) − ∂E/∂θ(s^−β)) / 2β, bias O(β²). The nudge moves one layer
+(``one-sided``, bias O(β)), or the default, the symmetric estimator of Laborieux et al.
+("Scaling Equilibrium Propagation to Deep ConvNets by Drastically Reducing its Gradient
+Estimator Bias", Frontiers in Neuroscience 2021), ∂θ = (∂E/∂θ(s^β) − ∂E/∂θ(s^−β)) / 2β, bias
+O(β²). It also cancels the drift of a free phase that stopped at its cap before its fixed point,
+which the one-sided difference s^β − s⁰ takes for signal: on MNIST 3×256, 200 steps of Adam
+3e-4, the symmetric estimate reached 24.9 % validation error and the random-sign one 75.9 %
+(``docs/learners.md``). The nudge moves one layer
 per step: after k nudged steps from a fixed point only the top k layers have moved, so the
 bottom layer needs ``nudged_steps`` ≥ L (the official recipes use 2L: 4, 6, 8 for 1, 2, 3 hidden
 layers, which is the default here).
@@ -88,13 +92,14 @@ def cost(net, s_out: Tensor, target: Tensor) -> Tensor:
 
 class Settler:
     """The relaxation of one batch: its clamped input drive x W_1 + b_1, computed once, and
-    ``step``/``relax`` on a list of states [s_1..s_L].
+    ``step``/``relax`` on a list of states [s_1..s_L], through ``compiled`` (a
+    ``torch.compile``'d ``jacobi_step``) where given.
 
     ``clamp_output``: hold s_L at the target (CHL's clamped phase) instead of relaxing it."""
 
-    def __init__(self, net, x: Tensor, epsilon: float):
+    def __init__(self, net, x: Tensor, epsilon: float, compiled=None):
         act = units(net)
-        self.net, self.act, self.eps = net, act, float(epsilon)
+        self.net, self.act, self.eps, self.compiled = net, act, float(epsilon), compiled
         self.clipped = act.name == "hard_sigmoid"
         self.input_drive = net.layers[0].pre(x)
 
@@ -114,38 +119,57 @@ class Settler:
     def step(self, s: list[Tensor], beta: float = 0.0, target: Optional[Tensor] = None,
              clamp_output: bool = False) -> tuple[list[Tensor], float]:
         """One Jacobi step of s_k ← s_k − ε ∂F/∂s_k on every layer; the new states and max |Δs|."""
-        layers, eps = self.net.layers, self.eps
-        r = [self.rho(sk) for sk in s]
-        new, moved = [], 0.0
-        last = len(s) - 1
-        for k, sk in enumerate(s):
-            if k == last and clamp_output:
-                new.append(sk)
-                continue
-            d = self.input_drive if k == 0 else layers[k].pre(r[k - 1])
-            if k < last:
-                d = d + r[k + 1] @ layers[k + 1].weight.T
-            if self.clipped:
-                grad = sk - d
-            else:
-                grad = sk - self.act.backward(sk, r[k], d)
-            if k == last and beta:
-                dc = 2.0 * (r[k] - target)
-                grad = grad + beta * (dc if self.clipped else self.act.backward(sk, r[k], dc))
-            nk = self._bound(sk - eps * grad)
-            moved = max(moved, float((nk - sk).abs().max()))
-            new.append(nk)
-        return new, moved
+        new, moved = self._step(s, beta, target, clamp_output)
+        return new, float(moved)
+
+    def _step(self, s, beta, target, clamp_output):
+        weights = [layer.weight for layer in self.net.layers]
+        biases = [layer.bias for layer in self.net.layers]
+        fn = self.compiled if self.compiled is not None else jacobi_step
+        return fn(s, self.input_drive, weights, biases, self.eps, beta, target, clamp_output, self.act)
 
     def relax(self, s: list[Tensor], steps: int, tolerance: float, beta: float = 0.0,
               target: Optional[Tensor] = None, clamp_output: bool = False) -> tuple[list[Tensor], int]:
         """Up to ``steps`` steps, stopping once no state moves by more than ``tolerance``; the
         states and the number of steps run."""
         for t in range(1, steps + 1):
-            s, moved = self.step(s, beta, target, clamp_output)
-            if moved <= tolerance:
+            s, moved = self._step(s, beta, target, clamp_output)
+            if moved.item() <= tolerance:
                 return s, t
         return s, steps
+
+
+def jacobi_step(s: list[Tensor], input_drive: Tensor, weights: list[Tensor], biases: list, eps: float,
+                beta: float, target: Optional[Tensor], clamp_output: bool, act) -> tuple[list[Tensor], Tensor]:
+    """One step of s_k ← s_k − ε ∂F/∂s_k on all layers at once from the old states (the module
+    docstring), as a pure function of tensors (``torch.compile`` traces it); the new states and
+    the largest |Δs| as a 0-d tensor. ``clamp_output`` holds s_L."""
+    clipped = act.name == "hard_sigmoid"
+    r = s if clipped else [act(sk) for sk in s]
+    last = len(s) - 1
+    new, moved = [], []
+    for k, sk in enumerate(s):
+        if k == last and clamp_output:
+            new.append(sk)
+            continue
+        if k == 0:
+            d = input_drive
+        else:
+            d = r[k - 1] @ weights[k]
+            if biases[k] is not None:
+                d = d + biases[k]
+        if k < last:
+            d = d + r[k + 1] @ weights[k + 1].T
+        grad = sk - d if clipped else sk - act.backward(sk, r[k], d)
+        if k == last and beta:
+            dc = 2.0 * (r[k] - target)
+            grad = grad + beta * (dc if clipped else act.backward(sk, r[k], dc))
+        nk = sk - eps * grad
+        if clipped:
+            nk = nk.clamp(0.0, 1.0)
+        moved.append((nk - sk).abs().amax())
+        new.append(nk)
+    return new, torch.stack(moved).amax() if moved else torch.zeros((), dtype=input_drive.dtype)
 
 
 def energy_grads(net, x: Tensor, s: list[Tensor], act) -> list[Tensor]:
@@ -171,7 +195,7 @@ class _Settling(Learner):
     indexed = True
 
     def __init__(self, net, epsilon: float, free_steps: int, tolerance: float, eval_steps: int,
-                 lr_scale: Optional[list], persistent: bool):
+                 lr_scale: Optional[list], persistent: bool, compile: bool):
         super().__init__(net)
         if not 0 < float(epsilon) <= 1:
             raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
@@ -179,10 +203,12 @@ class _Settling(Learner):
             raise ValueError(f"lr_scale needs one factor per weight layer ({len(net.layers)}), got {len(lr_scale)}")
         self.epsilon, self.free_steps, self.tolerance = float(epsilon), int(free_steps), float(tolerance)
         self.eval_steps, self.persistent = int(eval_steps), bool(persistent)
+        self.compiled = torch.compile(jacobi_step, dynamic=True) if compile else None
         self.lr_scale = list(lr_scale) if lr_scale is not None else None
         self.particles: Optional[Tensor] = None  # [N, Σ n_k] free states by training example
         self.visited: Optional[Tensor] = None
-        self.counts = {"batches": 0, "examples": 0, "free_steps": 0, "second_steps": 0, "seconds": 0.0}
+        self.counts = {"batches": 0, "examples": 0, "free_steps": 0, "second_steps": 0, "seconds": 0.0,
+                       "reach": torch.zeros(len(net.layers), dtype=torch.float64)}
 
     @property
     def act(self):
@@ -218,7 +244,7 @@ class _Settling(Learner):
             self.visited[index] = True
 
     def free_phase(self, x: Tensor, index: Optional[Tensor] = None) -> tuple[Settler, list[Tensor], int]:
-        settler = Settler(self.net, x, self.epsilon)
+        settler = Settler(self.net, x, self.epsilon, self.compiled)
         s, steps = settler.relax(self._start(settler, index), self.free_steps, self.tolerance)
         self._keep(s, index)
         return settler, s, steps
@@ -226,7 +252,7 @@ class _Settling(Learner):
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
         """The output state after a free phase of up to ``eval_steps`` steps from the feedforward pass."""
-        settler = Settler(self.net, x, self.epsilon)
+        settler = Settler(self.net, x, self.epsilon, self.compiled)
         s, _ = settler.relax(settler.feedforward(), self.eval_steps, self.tolerance)
         return s[-1]
 
@@ -236,8 +262,10 @@ class _Settling(Learner):
         for p, a, b in zip(self.net.parameters(), ga, gb):
             p.grad = (a - b) * scale
 
-    def _count(self, batch: int, free: int, second: int, start: float) -> None:
+    def _count(self, batch: int, free: int, second: int, start: float, s0: list[Tensor],
+               s1: list[Tensor]) -> None:
         c = self.counts
+        c["reach"] += torch.stack([(a - b).pow(2).mean().sqrt() for a, b in zip(s1, s0)]).double().cpu()
         c["batches"] += 1
         c["examples"] += batch
         c["free_steps"] += free
@@ -245,13 +273,16 @@ class _Settling(Learner):
         c["seconds"] += time.perf_counter() - start
 
     def measure(self) -> dict:
-        """The relaxation's cost so far: mean steps per batch of each phase, seconds per example."""
+        """The relaxation so far: mean steps per batch of each phase, milliseconds per example, and
+        per layer (input side first) the rms move of the second phase's end state from s⁰ (EP's
+        nudge, CHL's clamp): how far down the signal reaches."""
         c = self.counts
         if not c["batches"]:
             return {}
         return {"free_steps_per_batch": c["free_steps"] / c["batches"],
                 "second_phase_steps_per_batch": c["second_steps"] / c["batches"],
-                "ms_per_example": 1000.0 * c["seconds"] / c["examples"]}
+                "ms_per_example": 1000.0 * c["seconds"] / c["examples"],
+                "second_phase_reach": [float(r) / c["batches"] for r in c["reach"]]}
 
 
 class EquilibriumPropagation(_Settling):
@@ -261,8 +292,8 @@ class EquilibriumPropagation(_Settling):
         net: a ``tncn.mlp.MLP`` with hard_sigmoid (default), sigmoid or tanh hidden units; its
             output layer's softmax is not used (the output is a settling layer too).
         beta: the nudging strength β > 0.
-        estimator: ``random-sign`` (β's sign drawn per batch), ``one-sided`` (+β) or
-            ``symmetric`` (±β, two nudged phases).
+        estimator: ``symmetric`` (±β, two nudged phases), ``random-sign`` (β's sign drawn per
+            batch, the official code's) or ``one-sided`` (+β).
         epsilon: the relaxation step ε.
         free_steps: the free phase's step cap.
         nudged_steps: steps of each nudged phase (none: 2L, as the official recipes).
@@ -271,15 +302,18 @@ class EquilibriumPropagation(_Settling):
         lr_scale: a learning-rate factor per weight layer, input side first (none: all 1).
         persistent: start each free phase from the example's particle (off: from the
             feedforward pass, as prediction does).
+        compile: run the relaxation step through ``torch.compile`` (on this 2-core CPU it was
+            no faster: ``scripts/bench_ep.py``).
         seed: seeds the signs of β.
     """
 
     name = "ep"
 
-    def __init__(self, net, beta: float = 0.5, estimator: str = "random-sign", epsilon: float = 0.5,
+    def __init__(self, net, beta: float = 0.5, estimator: str = "symmetric", epsilon: float = 0.5,
                  free_steps: int = 20, nudged_steps: Optional[int] = None, tolerance: float = 1e-4,
-                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True, seed: int = 0):
-        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent)
+                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True, compile: bool = False,
+                 seed: int = 0):
+        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent, compile)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
         if not float(beta) > 0:
@@ -302,6 +336,7 @@ class EquilibriumPropagation(_Settling):
                  "first (none: all 1)"),
         argument(__init__, "persistent", BOOL, "start each free phase from the example's last free state "
                  "(off: from the feedforward pass)"),
+        argument(__init__, "compile", BOOL, "run the relaxation step through torch.compile"),
     )
 
     @torch.no_grad()
@@ -319,7 +354,7 @@ class EquilibriumPropagation(_Settling):
             self._write(x, s_b, s_m, 1.0 / (2 * beta))
         else:
             self._write(x, s_b, s0, 1.0 / beta)
-        self._count(len(x), free, self.nudged_steps, start)
+        self._count(len(x), free, self.nudged_steps, start, s0, s_b)
         return cost(self.net, s0[-1], target).mean()
 
 
@@ -332,11 +367,11 @@ class ContrastiveHebbian(_Settling):
     name = "chl"
 
     def __init__(self, net, epsilon: float = 0.5, free_steps: int = 20, tolerance: float = 1e-4,
-                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True):
-        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent)
+                 eval_steps: int = 100, lr_scale: Optional[list] = None, persistent: bool = True, compile: bool = False):
+        super().__init__(net, epsilon, free_steps, tolerance, eval_steps, lr_scale, persistent, compile)
 
     OPTIONS = tuple(o for o in EquilibriumPropagation.OPTIONS
-                    if o.name in ("epsilon", "free_steps", "tolerance", "eval_steps", "lr_scale", "persistent"))
+                    if o.name in ("epsilon", "free_steps", "tolerance", "eval_steps", "lr_scale", "persistent", "compile"))
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor, index: Optional[Tensor] = None) -> Tensor:
@@ -347,7 +382,7 @@ class ContrastiveHebbian(_Settling):
         clamped = s0[:-1] + [target if self.act.name == "hard_sigmoid" else _inverse(self.act, target)]
         s_c, second = settler.relax(clamped, self.free_steps, self.tolerance, clamp_output=True)
         self._write(x, s_c, s0, 1.0)
-        self._count(len(x), free, second, start)
+        self._count(len(x), free, second, start, s0, s_c)
         return cost(self.net, s0[-1], target).mean()
 
 
