@@ -22,8 +22,15 @@ with adaptive noise ("dtp-sigma": our reading of DTP-σ, labelled by its schedul
 - ``grid``: the talk's summary grid on MNIST 3×256 tanh: every rule × the output losses CNLL
   (``ce``), MSE and MAE × the optimizers SGD, Adam and RMSprop, each at one untuned rate
   (``GRID_RATES``), so read it as "trains or not", not as a ranking.
+- ``autoencode``: MNIST autoencoders 784-256-64-256-784 (tanh, sigmoid outputs; ``tncn
+  autoencode``), every rule × the reconstruction losses binary cross-entropy (``ce``), MSE and
+  MAE, at the rules' ``SETTINGS``: the test reconstruction loss (mean per image) and per-pixel
+  squared error, against two controls, the mean training image and "readout only" (only the
+  output layer trained, on the frozen random encoder and decoder); the picture puts test digits
+  above every rule's reconstructions.
 
-Every run is ``tncn classify`` (called in-process) with the settings of ``SETTINGS``; its folder
+Every run is ``tncn classify`` (``tncn autoencode`` for the autoencoders; called in-process) with
+the settings of ``SETTINGS``; its folder
 under ``--out`` (result.json, model.pt) is kept, and a run whose result.json exists is not
 repeated, so an interrupted comparison resumes and the tables can be rebuilt from the stored
 runs. Protocol (``PROTOCOL``): the 60k training images split 55k/5k into train/validation (split
@@ -38,6 +45,10 @@ processes side by side, then the tables and pictures from the stored runs::
     OMP_NUM_THREADS=1 python scripts/compare_rules.py --part deep --seeds 0 --data fashion-mnist &
     wait   # (and the other parts and seeds likewise)
     python scripts/compare_rules.py --part deep --seeds 0 1 --docs docs
+
+The autoencoders, one process at a time (about 20 minutes on that machine)::
+
+    OMP_NUM_THREADS=1 python scripts/compare_rules.py --part autoencode --epochs 5 --seeds 0 --docs docs
 """
 from __future__ import annotations
 
@@ -56,9 +67,11 @@ sys.path.insert(0, str(REPO))
 from sequences import images  # noqa: E402
 from tncn.cli import main as tncn_main  # noqa: E402
 from tncn.commands.classify import BY_ACTIVATION  # noqa: E402
-from tncn.diagnostics import draw_embedding, filter_grid, top_hidden  # noqa: E402
+from tncn.commands.autoencode import pictured  # noqa: E402
+from tncn.diagnostics import draw_embedding, filter_grid, save_reconstructions, top_hidden  # noqa: E402
 from tncn.learners import LEARNERS  # noqa: E402
-from tncn.mlp import MLP, error_rate  # noqa: E402
+from tncn.losses import RECONSTRUCTION_LOSSES  # noqa: E402
+from tncn.mlp import MLP, error_rate, reconstruction_error  # noqa: E402
 
 RULES = ["bp", "fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"]
 LOCAL = ["fa", "dfa", "lra-e", "lra", "dtp", "dtp-sigma"]  # the rules whose angles to bp are drawn
@@ -87,6 +100,8 @@ ABSOLUTE = ["--target-scale", "absolute", "--lr", "1e-3", "--beta", "0.1"]  # LR
 READOUT_LR = 1e-3
 GRID_RATES = {"sgd": "0.05", "adam": "1e-3", "rmsprop": "3e-4"}
 LOSSES = ["ce", "mse", "mae"]
+AUTOENCODER = [256, 64, 256]  # encoder and decoder widths of the autoencoders
+AE_LOSSES = ["ce", "mse", "mae"]  # reconstruction losses: binary cross-entropy per pixel, MSE, MAE
 
 
 def settings(rule: str, act: str) -> list[str]:
@@ -367,9 +382,155 @@ def grid(args) -> str:
             + _table(["rule"] + [f"{loss} {opt}" for loss, opt in cols], rows) + "\n")
 
 
+# --------------------------------------------------------------------------- part: autoencoders
+
+def _ae_name(data, rule, loss, seed, epochs) -> str:
+    return run_name(data, "ae" + "-".join(map(str, AUTOENCODER)), "tanh", rule, seed, tag=f"{loss}_e{epochs}")
+
+
+def autoencode_run(data, rule, loss, seed, epochs, out: Path, root) -> dict:
+    """One ``tncn autoencode`` run (or its stored result) at the rule's ``SETTINGS``."""
+    folder = out / _ae_name(data, rule, loss, seed, epochs)
+    if not (folder / "result.json").exists():
+        argv = ["autoencode", "--rule", rule, "--data", data, "--hidden", ",".join(map(str, AUTOENCODER)),
+                "--activation", "tanh", "--loss", loss, "--epochs", str(epochs), "--seed", str(seed), "--no-progress",
+                "--out", str(folder), "--force", *PROTOCOL, *OPTIMIZER, *SETTINGS[rule]]
+        if root:
+            argv += ["--data-root", str(root)]
+        print("tncn " + " ".join(argv), flush=True)
+        if tncn_main(argv) != 0:
+            raise SystemExit(f"run failed: {' '.join(argv)}")
+    return dict(json.loads((folder / "result.json").read_text()), folder=str(folder))
+
+
+def autoencoder_readout_only(data, loss_name, seed, epochs, out: Path, root) -> dict:
+    """The control: only the output layer trains (Adam, the exact gradient of the reconstruction
+    loss) on the frozen initial encoder and decoder; batches and schedule as the rules'."""
+    path = out / (_ae_name(data, "readout", loss_name, seed, epochs) + ".json")
+    if path.exists():
+        return json.loads(path.read_text())
+    d = images.load(data, root=root, valid=5000, seed=0)
+    loss = RECONSTRUCTION_LOSSES[loss_name]
+    gen = torch.Generator().manual_seed(seed)
+    n_in = d.train[0].shape[1]
+    mlp = MLP([n_in, *AUTOENCODER, n_in], activation="tanh", generator=gen, loss=loss)
+    with torch.no_grad():
+        feats = top_hidden(mlp, d.train[0])
+    top = mlp.layers[-1]
+    opt = torch.optim.Adam(top.parameters(), lr=READOUT_LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(feats), generator=gen)
+        for i in range(0, len(feats), 50):
+            idx = order[i:i + 50]
+            value = loss.value(top.pre(feats[idx]), d.train[0][idx])
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+        sched.step()
+    test = reconstruction_error(mlp, d.test[0], d.test[0], loss)
+    result = dict(rule="readout", data=data, hidden=AUTOENCODER, loss=loss_name, epochs=epochs, seed=seed,
+                  test_loss=test["loss"], test_pixel_mse=test["pixel_mse"],
+                  train_seconds=time.perf_counter() - start, curve=[])
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _trained_autoencoder(result: dict, n_in: int) -> MLP:
+    saved = torch.load(Path(result["folder"]) / "model.pt", weights_only=True)
+    net = MLP([n_in, *result["hidden"], n_in], activation=result["activation"], loss=RECONSTRUCTION_LOSSES[result["loss"]])
+    net.load_state_dict({k[len("net."):]: v for k, v in saved["state_dict"].items() if k.startswith("net.")})
+    return net
+
+
+def _ae_cell(results, key: str, digits: int) -> str:
+    values = [r[key] for r in results]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def autoencoder_curves(runs, readout, seed, path: Path) -> None:
+    """Per loss, every rule's validation pixel MSE per epoch, with the two controls' test values."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(AE_LOSSES), 3.6))
+    axes = fig.subplots(1, len(AE_LOSSES), squeeze=False)[0]
+    for ax, loss in zip(axes, AE_LOSSES):
+        for rule in RULES:
+            curve = runs[(rule, loss, seed)]["curve"]
+            ax.plot([p["epoch"] for p in curve], [p["valid_pixel_mse"] for p in curve], marker="o", ms=3, label=rule)
+        ax.axhline(readout[(loss, seed)]["test_pixel_mse"], color="grey", ls="--", lw=1, label="readout only")
+        ax.axhline(runs[(RULES[0], loss, seed)]["mean_image"]["pixel_mse"], color="black", ls=":", lw=1,
+                   label="mean image")
+        ax.set_yscale("log")
+        ax.set_title(f"loss {loss}", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("validation pixel MSE")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Autoencoders 784-" + "-".join(map(str, AUTOENCODER)) + "-784 on MNIST: validation pixel MSE per "
+                 f"epoch (controls: their test values; seed {seed})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def autoencoders(args) -> str:
+    seeds, data = args.seeds, args.data[0]
+    runs = {(rule, loss, s): autoencode_run(data, rule, loss, s, args.epochs, args.out, args.data_root)
+            for loss in AE_LOSSES for rule in RULES for s in seeds}
+    readout = {(loss, s): autoencoder_readout_only(data, loss, s, args.epochs, args.out, args.data_root)
+               for loss in AE_LOSSES for s in seeds}
+    head = ["rule"] + [f"{loss} {what}" for loss in AE_LOSSES for what in ("loss", "pixel MSE")]
+    rows = []
+    for rule in RULES:
+        rows.append([rule] + [_ae_cell([runs[(rule, loss, s)] for s in seeds], key, d) for loss in AE_LOSSES
+                              for key, d in (("test_loss", 2), ("test_pixel_mse", 4))])
+    rows.append(["readout only (control)"] + [_ae_cell([readout[(loss, s)] for s in seeds], key, d)
+                                              for loss in AE_LOSSES for key, d in (("test_loss", 2), ("test_pixel_mse", 4))])
+    mean = {loss: runs[(RULES[0], loss, seeds[0])]["mean_image"] for loss in AE_LOSSES}
+    rows.append(["mean training image (control)"] + [f"{mean[loss][key]:.{d}f}" for loss in AE_LOSSES
+                                                     for key, d in (("loss", 2), ("pixel_mse", 4))])
+    sec_rows = [[rule] + [f"{statistics.mean(runs[(rule, loss, s)]['train_seconds'] / args.epochs for s in seeds):.1f}"
+                          for loss in AE_LOSSES] for rule in RULES]
+    d = images.load(data, root=args.data_root, valid=5000, seed=0)
+    n_in = d.train[0].shape[1]
+    norms = [[rule] + [f"{_trained_autoencoder(runs[(rule, loss, seeds[0])], n_in).layers[0].weight.norm():.1f}"
+                       for loss in AE_LOSSES] for rule in RULES]
+    initial = MLP([n_in, *AUTOENCODER, n_in], generator=torch.Generator().manual_seed(seeds[0])).layers[0].weight
+    norms.append(["initial weights"] + [f"{initial.norm():.1f}"] * len(AE_LOSSES))
+    widths = "-".join(map(str, AUTOENCODER))
+    settings_text = "\n".join(f"- {rule}: `{' '.join(OPTIMIZER + SETTINGS[rule])}`" for rule in RULES)
+    text = (f"Autoencoders 784-{widths}-784 (tanh, sigmoid outputs), {DATA[data]}, test reconstruction error after "
+            f"{args.epochs} epochs, seeds {', '.join(map(str, seeds))} (`scripts/compare_rules.py --part autoencode "
+            f"--epochs {args.epochs}`): per reconstruction loss, the loss (mean per test image: binary cross-entropy "
+            "summed over the pixels, ½ Σ squared error, Σ absolute error) and the per-pixel squared error "
+            "(x̂ − x)² (mean over pixels and images, comparable across losses):\n\n" + _table(head, rows)
+            + "\n\nTraining seconds per epoch (one thread, one run at a time on a shared 2-core machine):\n\n"
+            + _table(["rule"] + AE_LOSSES, sec_rows)
+            + f"\n\nThe norm of the first layer's weights ‖W¹‖ after training (seed {seeds[0]}):\n\n"
+            + _table(["rule"] + AE_LOSSES, norms)
+            + f"\n\nCommon protocol: `{' '.join(PROTOCOL)}`, `--hidden {','.join(map(str, AUTOENCODER))}`; "
+              f"per-rule settings (those of the classifiers):\n\n{settings_text}\n")
+    if args.docs:
+        autoencoder_curves(runs, readout, seeds[0], args.docs / "learners_autoencode_curves.png")
+        picks = pictured(d.test[1])
+        x = d.test[0][picks]
+        loss = AE_LOSSES[0]
+        with torch.no_grad():
+            shown = [_trained_autoencoder(runs[(rule, loss, seeds[0])], n_in)(x) for rule in RULES]
+        labels = ["test images"] + [f"{rule} ({runs[(rule, loss, seeds[0])]['test_pixel_mse']:.4f})" for rule in RULES]
+        save_reconstructions(x, shown, args.docs / "learners_autoencode.png",
+                             f"{DATA[data]} test digits and their reconstructions, autoencoders 784-{widths}-784 tanh, "
+                             f"loss {loss}, {args.epochs} epochs, seed {seeds[0]} (test pixel MSE in brackets)",
+                             shape=d.shape, labels=labels)
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["deep", "filters", "null", "stochastic", "grid"], default="deep")
+    p.add_argument("--part", choices=["deep", "filters", "null", "stochastic", "grid", "autoencode"], default="deep")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
@@ -393,6 +554,8 @@ def main(argv=None) -> int:
         text, name = filters(args), "learners_one_pass.md"
     elif args.part == "grid":
         text, name = grid(args), "learners_grid.md"
+    elif args.part == "autoencode":
+        text, name = autoencoders(args), "learners_autoencode.md"
     elif args.part == "null":
         text = unit_table(args, NULL_UNITS, "zeros", "All weights initialised to zero")
         name = "learners_null_init.md"

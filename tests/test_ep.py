@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tncn import learners
-from tncn.learners.ep import ContrastiveHebbian, EquilibriumPropagation, Settler, cost, energy
+from tncn.learners.ep import ContrastiveHebbian, EquilibriumPropagation, Settler, energy, output_cost
 from tncn.mlp import MLP
 from test_classify_cli import classify, tiny  # noqa: F401
 
@@ -48,7 +48,7 @@ def _implicit_gradient(net, x, y):
     hessian = torch.autograd.functional.hessian(total_energy, v0)
     v = v0.clone().requires_grad_(True)
     assert torch.autograd.grad(total_energy(v), v)[0].abs().max() < 1e-10  # a fixed point
-    dc = torch.autograd.grad(cost(net, states(v)[-1], target).sum(), v)[0]
+    dc = torch.autograd.grad(output_cost(net, states(v)[-1], target).sum(), v)[0]
     lam = torch.linalg.solve(hessian, dc)
     de = torch.autograd.grad(total_energy(v), v, create_graph=True)[0]
     grads = torch.autograd.grad((de * lam).sum(), list(net.parameters()))

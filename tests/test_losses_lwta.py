@@ -1,13 +1,16 @@
-"""Output losses (``tncn.losses``) and winner-take-all units (``tncn.layers``: LWTA, SLWTA of
-Srivastava et al., NeurIPS 2013), against autograd and direct implementations written here."""
+"""Output losses (``tncn.losses``: classification and reconstruction) and winner-take-all units
+(``tncn.layers``: LWTA, SLWTA of Srivastava et al., NeurIPS 2013), against autograd and direct
+implementations written here."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from tncn import learners
 from tncn.layers import get_activation
-from tncn.losses import LOSSES, get_loss
+from tncn.losses import LOSSES, RECONSTRUCTION_LOSSES, get_loss, get_reconstruction_loss
 from tncn.mlp import MLP
 
 
@@ -38,6 +41,54 @@ def test_loss_error_is_the_per_example_gradient(name):
 def test_unknown_loss_lists_the_known():
     with pytest.raises(ValueError, match="known: ce, mae, mse"):
         MLP([3, 2], loss="hinge")
+    with pytest.raises(ValueError, match="unknown reconstruction loss 'hinge'; known: ce, mae, mse"):
+        get_reconstruction_loss("hinge")
+
+
+def _direct_reconstruction_loss(name, logits, t):
+    """Per-example losses of sigmoid outputs against target pixels, from their definitions."""
+    p = 1.0 / (1.0 + torch.exp(-logits))
+    if name == "ce":
+        return -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).sum(-1)
+    if name == "mse":
+        return (0.5 * (p - t) ** 2).sum(-1)
+    return (p - t).abs().sum(-1)
+
+
+@pytest.mark.parametrize("name", sorted(RECONSTRUCTION_LOSSES))
+def test_reconstruction_loss_error_is_the_per_example_gradient(name):
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(6, 9, generator=g, dtype=torch.float64)).requires_grad_(True)
+    t = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    per_example = _direct_reconstruction_loss(name, logits, t)
+    (grad,) = torch.autograd.grad(per_example.sum(), logits)  # row i: ∂ℓ_i/∂a_i
+    loss = get_reconstruction_loss(name)
+    assert loss.output == "sigmoid" and not loss.classes
+    e, value = loss.error(logits.detach(), torch.sigmoid(logits.detach()), t)
+    torch.testing.assert_close(e, grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, per_example.mean().detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss.value(logits, t), per_example.mean(), rtol=1e-12, atol=1e-12)
+
+
+def test_binary_cross_entropy_error_stays_exact_for_saturated_units():
+    logits = torch.tensor([[-60.0, 60.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.0, 0.25]], dtype=torch.float64)
+    loss = get_reconstruction_loss("ce")
+    e, value = loss.error(logits, torch.sigmoid(logits), t)
+    torch.testing.assert_close(e, torch.sigmoid(logits) - t)
+    # -log σ(-60) = -log(1 - σ(60)) = 60 + log(1 + e^-60), though 1 - σ(60) rounds to 0 (a loss
+    # taken from the outputs would be infinite); at a = 0 with t = 1/4: -(1/4 + 3/4) log(1/2) = log 2
+    torch.testing.assert_close(value, torch.tensor(60.0 + 60.0 + math.log(2.0), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("losses,output", [(LOSSES, "softmax"), (RECONSTRUCTION_LOSSES, "sigmoid")])
+def test_the_loss_decides_the_output_units(losses, output):
+    for loss in losses.values():
+        net = MLP([4, 3, 5], loss=loss).double()
+        x = torch.randn(2, 4, dtype=torch.float64)
+        assert net.layers[-1].act.name == output and net.loss is loss
+        expected = torch.softmax(net.logits(x), -1) if output == "softmax" else torch.sigmoid(net.logits(x))
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["mse", "mae"])

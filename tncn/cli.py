@@ -12,13 +12,13 @@ from __future__ import annotations
 import sys
 
 from sequences.errors import DataError
-from tncn.commands import bench, classify, compare, continual, eval, flags, sample, train, tune
+from tncn.commands import autoencode, bench, classify, compare, continual, eval, flags, sample, train, tune
 from tncn import guard
 from tncn.errors import UserError
 from tncn.guard import Diverged
 from tncn.options import OptionError
 
-COMMANDS = (train, eval, sample, classify, compare, tune, bench, continual)
+COMMANDS = (train, eval, sample, classify, autoencode, compare, tune, bench, continual)
 
 
 def build_parser(argv: list[str] | None = None) -> flags.Parser:

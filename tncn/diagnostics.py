@@ -12,12 +12,14 @@ arXiv 1805.11703, whose figures show the angle of LRA-E's updates against backpr
 - ``pca_2d`` / ``draw_embedding`` / ``save_embedding``: the topmost hidden layer's
   post-activations on a data set, projected on their two leading principal axes and coloured by
   class (the picture of the topmost post-activities in Ororbia's LRA talk).
+- ``reconstruction_grid`` / ``save_reconstructions``: images above their reconstructions (an
+  autoencoder's, an RBM's), one row per model, as a grey-scale picture.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -166,5 +168,80 @@ def save_embedding(net, x: Tensor, y: Tensor, path, title: str = "", count: int 
     ax.set_ylabel("principal axis 2")
     if title:
         ax.set_title(title, fontsize=9)
+    files.save_figure(fig, Path(path), bbox_inches="tight")
+    return Path(path)
+
+
+def _image_shape(n: int, shape: Optional[tuple[int, int]]) -> tuple[int, int]:
+    if shape is None:
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            raise ValueError(f"images of {n} pixels are not square; give shape=(rows, cols)")
+        shape = (side, side)
+    if shape[0] * shape[1] != n:
+        raise ValueError(f"shape {tuple(shape)} does not hold {n} pixels")
+    return tuple(shape)
+
+
+def reconstruction_grid(rows: Sequence[Tensor], shape: Optional[tuple[int, int]] = None,
+                        columns: int = 10) -> np.ndarray:
+    """Rows of images tiled into one picture: ``rows`` are tensors [N, pixels] of the same N images
+    (the originals, then each model's reconstructions), values in [0, 1] (clipped), flattened
+    row-major to ``shape`` (default square). Image k of every row goes in the same column; with
+    more than ``columns`` images the rows wrap in blocks of ``columns`` (each block the originals
+    above their reconstructions). Tiles are separated by one-pixel lines of 0.5, blocks by three."""
+    rows = [r.detach().float().cpu().clamp(0.0, 1.0).numpy() for r in rows]
+    n, pixels = rows[0].shape
+    if any(r.shape != (n, pixels) for r in rows):
+        raise ValueError(f"every row needs the same {n} images of {pixels} pixels; got "
+                         f"{', '.join(str(tuple(r.shape)) for r in rows)}")
+    rows_px, cols_px = _image_shape(pixels, shape)
+    columns = max(1, min(int(columns), n))
+    blocks = int(math.ceil(n / columns))
+    block_h = len(rows) * (rows_px + 1)
+    grid = np.full((blocks * block_h + (blocks - 1) * 2 + 1, columns * (cols_px + 1) + 1), 0.5, dtype=np.float32)
+    for k in range(n):
+        b, c = divmod(k, columns)
+        for r, images in enumerate(rows):
+            top = 1 + b * (block_h + 2) + r * (rows_px + 1)
+            left = 1 + c * (cols_px + 1)
+            grid[top:top + rows_px, left:left + cols_px] = images[k].reshape(rows_px, cols_px)
+    return grid
+
+
+def save_reconstructions(originals: Tensor, reconstructions: Union[Tensor, Sequence[Tensor]], path,
+                         title: str = "", shape: Optional[tuple[int, int]] = None,
+                         labels: Sequence[str] = (), columns: int = 10) -> Path:
+    """Write ``originals`` [N, pixels] above their ``reconstructions`` (a tensor [N, pixels], or a
+    list of them, one row per model) as a grey-scale PNG at ``path``; images in [0, 1], flattened
+    to ``shape`` (default square). ``labels`` names the rows (the originals first); the images wrap
+    in blocks of ``columns`` (``reconstruction_grid``). Returns the path."""
+    from matplotlib.figure import Figure
+
+    if torch.is_tensor(reconstructions):
+        reconstructions = [reconstructions]
+    rows = [originals, *reconstructions]
+    if labels and len(labels) != len(rows):
+        raise ValueError(f"{len(labels)} labels for {len(rows)} rows (the originals and each reconstruction)")
+    grid = reconstruction_grid(rows, shape, columns)
+    rows_px = _image_shape(originals.shape[1], shape)[0]
+    scale = 2.0 / 100  # two screen pixels per image pixel at dpi 100
+    fig = Figure(figsize=(grid.shape[1] * scale + (1.2 if labels else 0), grid.shape[0] * scale + (0.4 if title else 0)))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    if labels:
+        blocks = int(math.ceil(len(originals) / max(1, min(int(columns), len(originals)))))
+        block_h = len(rows) * (rows_px + 1)
+        centres = [1 + b * (block_h + 2) + r * (rows_px + 1) + rows_px / 2 - 0.5
+                   for b in range(blocks) for r in range(len(rows))]
+        ax.set_yticks(centres, list(labels) * blocks, fontsize=8)
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    else:
+        ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
     files.save_figure(fig, Path(path), bbox_inches="tight")
     return Path(path)

@@ -1,14 +1,18 @@
-"""A multilayer classifier built from the shared ``Dense`` layers, and a loop that fits it with any learner.
+"""A multilayer network built from the shared ``Dense`` layers, and a loop that fits it with any learner.
 
 The network the rules train (row-vector layout, batch B): h^0 = x, a^l = h^{l-1} W^l + b^l,
-h^l = f(a^l) for the hidden layers l = 1..L-1, and a softmax output ŷ = softmax(a^L), trained on
-the batch mean of an output loss (``tncn.losses``: cross-entropy by default, whose gradient with
-respect to a^L is (ŷ - y)/B; or MSE, MAE). The learning rules in ``tncn.learners`` (backprop, FA,
-DFA, LRA-E, LRA, DTP) all train this same network, so one word swaps the rule.
+h^l = f(a^l) for the hidden layers l = 1..L-1, and an output ŷ = g(a^L) whose units the output
+loss decides (``tncn.losses``), trained on the batch mean of that loss: a classifier has a softmax
+output and cross-entropy by default, whose gradient with respect to a^L is (ŷ - y)/B (or MSE,
+MAE); an autoencoder has sigmoid outputs that reconstruct its input (the target is the input
+itself; MSE, MAE or the binary cross-entropy per pixel). The learning rules in ``tncn.learners``
+(backprop, FA, DFA, LRA-E, LRA, DTP) all train this same network, so one word swaps the rule.
 
 ``fit`` runs epochs of minibatch steps (``learner.step`` writes ``param.grad``, a stock
 ``torch.optim`` optimizer applies it), validates after every epoch and can log the angle between
-each rule's update and the backprop gradient (``tncn.diagnostics``). A rule that trains in
+each rule's update and the backprop gradient (``tncn.diagnostics``). What it validates is a list
+of ``Score``s: the classification error (``error_rate``) by default, the reconstruction loss and
+per-pixel squared error of an autoencoder (``reconstruction_error``). A rule that trains in
 phases (DTP's inverses, then its forward weights) lists them in ``learner.phases(epoch)``: each
 epoch then makes one pass over the data per phase.
 """
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -24,24 +29,27 @@ from tqdm import tqdm
 
 from tncn.guard import Watch, check_loss, check_weights
 from tncn.layers import Dense
-from tncn.losses import get_loss
+from tncn.losses import OutputLoss, get_loss
 
 Tensor = torch.Tensor
 
 
 class MLP(nn.Module):
-    """A feedforward classifier: ``sizes = [n_in, H_1, ..., H_{L-1}, n_classes]``.
+    """A feedforward network: ``sizes = [n_in, H_1, ..., H_{L-1}, n_out]`` (n_out: the classes of a
+    classifier, the input size of an autoencoder).
 
     Args:
-        sizes: layer widths, input first, classes last (at least two entries).
+        sizes: layer widths, input first, outputs last (at least two entries).
         activation: f of every hidden layer (any name in ``tncn.layers.ACTIVATIONS``; the
             widths must be multiples of an LWTA block).
         bias: give every layer a bias b^l (initialised to zero).
         init: initialiser of the weights ("normal", "uniform", "orthogonal", "zeros").
         std: standard deviation of the initial weights; ``None`` takes 1/√n_in per layer.
         generator: a ``torch.Generator`` for the initial weights.
-        loss: the output loss (a name in ``tncn.losses.LOSSES``: "ce", "mse", "mae"), kept in
-            ``loss`` for every rule to read.
+        loss: the output loss, kept in ``loss`` for every rule to read: a classification loss by
+            name (``tncn.losses.LOSSES``: "ce", "mse", "mae") or any ``tncn.losses.OutputLoss``
+            (a reconstruction loss of ``tncn.losses.RECONSTRUCTION_LOSSES`` for an autoencoder);
+            its ``output`` names the output layer's activation (softmax, sigmoid).
     """
 
     def __init__(
@@ -52,18 +60,18 @@ class MLP(nn.Module):
         init: str = "normal",
         std: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
-        loss: str = "ce",
+        loss: Union[str, OutputLoss] = "ce",
     ):
         super().__init__()
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
             raise ValueError(f"an MLP needs at least an input and an output size, all positive; got {sizes}")
         self.sizes = sizes
-        self.loss = get_loss(loss)
+        self.loss = get_loss(loss) if isinstance(loss, str) else loss
         self.layers = nn.ModuleList(
             Dense(
                 n_in, n_out,
-                activation=activation if l < len(sizes) - 2 else "softmax",
+                activation=activation if l < len(sizes) - 2 else self.loss.output,
                 bias=bias, init=init,
                 std=(1.0 / math.sqrt(n_in)) if std is None else std,
                 generator=generator,
@@ -77,7 +85,7 @@ class MLP(nn.Module):
 
     @property
     def act(self):
-        """The hidden activation (the output layer's is always softmax)."""
+        """The hidden activation (the output layer's is the loss's, ``loss.output``)."""
         return self.layers[0].act if len(self.layers) > 1 else None
 
     def forward_all(self, x: Tensor, generator: Optional[torch.Generator] = None, states: Optional[list] = None):
@@ -95,15 +103,19 @@ class MLP(nn.Module):
         return a_s, h_s
 
     def logits(self, x: Tensor) -> Tensor:
-        """a^L, the input of the softmax."""
+        """a^L, the input of the output units."""
         h = x
         for layer in self.layers[:-1]:
             h = layer(h)
         return self.layers[-1].pre(h)
 
+    def outputs(self, logits: Tensor) -> Tensor:
+        """ŷ = g(a^L) of given logits: class probabilities (softmax) or reconstructed pixels (sigmoid)."""
+        return self.layers[-1].act(logits)
+
     def forward(self, x: Tensor) -> Tensor:
-        """Class probabilities ŷ."""
-        return torch.softmax(self.logits(x), dim=-1)
+        """The output ŷ: class probabilities, or an autoencoder's reconstruction of ``x``."""
+        return self.outputs(self.logits(x))
 
 
 @torch.no_grad()
@@ -116,6 +128,65 @@ def error_rate(model, x: Tensor, y: Tensor, batch_size: int = 2000) -> float:
     for i in range(0, len(x), batch_size):
         wrong += (model.logits(x[i:i + batch_size]).argmax(-1) != y[i:i + batch_size]).sum().item()
     return wrong / max(len(x), 1)
+
+
+@torch.no_grad()
+def reconstruction_error(model, x: Tensor, target: Tensor, loss: OutputLoss, batch_size: int = 2000) -> dict:
+    """How well ``model`` reconstructs ``target`` from ``x``: ``loss``, the mean per-example
+    reconstruction loss ℓ, and ``pixel_mse``, the mean of (x̂_i − t_i)² over every pixel of every
+    example (comparable across losses).
+
+    ``model``: anything with ``logits(x)`` (an ``MLP``, a learner, ``MeanImage``); the
+    reconstruction is ``loss.outputs`` of its logits."""
+    total, squared = 0.0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits, t = model.logits(x[i:i + batch_size]), target[i:i + batch_size]
+        out = loss.outputs(logits)
+        total += loss.per_example(logits, out, t).sum().item()
+        squared += ((out - t) ** 2).sum().item()
+    n = max(len(x), 1)
+    return {"loss": total / n, "pixel_mse": squared / (n * max(math.prod(target.shape[1:]), 1))}
+
+
+class MeanImage:
+    """The no-learning reconstruction: every input reconstructed by one image (the mean training
+    image), as logits of sigmoid outputs clamped to [ε, 1 − ε] so that every loss stays finite.
+    ``reconstruction_error(MeanImage(mean), ...)`` is the autoencoder's no-context baseline."""
+
+    def __init__(self, image: Tensor, eps: float = 1e-4):
+        self.image = image.clamp(eps, 1.0 - eps)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return torch.logit(self.image).expand(len(x), -1)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A validation score of ``fit`` (lower is better): ``measure(learner, x, y)`` on the
+    validation split, kept in the curve under ``key`` and logged as its words; ``name`` is how the
+    divergence guard calls it; ``percent``: logged as a percentage."""
+
+    key: str
+    name: str
+    measure: Callable[[object, Tensor, Tensor], float]
+    percent: bool = False
+
+    def show(self, value: float) -> str:
+        words = self.key.replace("_", " ")
+        return f"{words} {100 * value:.2f}%" if self.percent else f"{words} {value:.4g}"
+
+
+CLASSIFICATION = (Score("valid_error", "the validation error", error_rate, percent=True),)
+"""``fit``'s default: the validation error rate of ``learner.logits``."""
+
+
+def reconstruction_scores(loss: OutputLoss) -> tuple[Score, Score]:
+    """An autoencoder's validation scores: the mean per-example loss (watched by the guard) and the
+    per-pixel squared error (``reconstruction_error``)."""
+    return (Score("valid_loss", "the validation reconstruction loss",
+                  lambda m, x, t: reconstruction_error(m, x, t, loss)["loss"]),
+            Score("valid_pixel_mse", "the validation pixel MSE",
+                  lambda m, x, t: reconstruction_error(m, x, t, loss)["pixel_mse"]))
 
 
 # --------------------------------------------------------------------------- training loop
@@ -138,6 +209,7 @@ def fit(
     progress: Optional[bool] = None,
     log: Callable[[str], None] = tqdm.write,
     baseline: Optional[float] = None,
+    scores: Sequence[Score] = CLASSIFICATION,
 ) -> list[dict]:
     """Train ``learner.net`` for ``epochs`` epochs; return the per-epoch curve.
 
@@ -153,12 +225,15 @@ def fit(
     before a pass over the shuffled data; angles are measured on passes whose updates reach the
     weights (phases the learner lists in ``angle_phases``). A learner that keeps state per
     training example (EP's persistent particles) sets ``indexed = True`` and is given the rows'
-    positions in ``train`` as ``step(x, y, index=idx)``. The validation error is that of
-    ``learner.logits`` (``error_rate``).
+    positions in ``train`` as ``step(x, y, index=idx)``. After every epoch each of ``scores`` is
+    measured on ``valid`` and kept in the curve under its key: by default the validation error of
+    ``learner.logits`` (``error_rate``); an autoencoder's ``reconstruction_scores``, whose
+    ``train`` and ``valid`` pair inputs with their targets.
 
     The divergence guard (``tncn.guard``) runs after every epoch: a non-finite training loss or
-    weight, or a validation error worse than ``baseline`` (the majority class's) after an earlier
-    one was better, raises ``Diverged`` naming the epoch.
+    weight, or a first score worse than ``baseline`` (the majority class's error, the mean
+    image's reconstruction loss) after an earlier one was better, raises ``Diverged`` naming the
+    epoch.
     """
     from tncn.diagnostics import update_angles  # diagnostics import this module
 
@@ -171,7 +246,7 @@ def fit(
     measured = getattr(learner, "angle_phases", None)
     indexed = getattr(learner, "indexed", False)
     curve = []
-    watch = Watch(baseline, unit="epoch", name="the validation error")
+    watch = Watch(baseline, unit="epoch", name=scores[0].name)
     for epoch in range(1, epochs + 1):
         phases = phases_of(epoch)
         loss_sum = torch.zeros((), device=device)
@@ -209,7 +284,8 @@ def fit(
         train_loss = loss_sum.item() / counted
         check_loss(train_loss, epoch, net, unit="epoch")
         check_weights(net, epoch, unit="epoch")
-        point = dict(epoch=epoch, train_loss=train_loss, valid_error=error_rate(learner, *valid), seconds=seconds)
+        point = dict(epoch=epoch, train_loss=train_loss, **{s.key: s.measure(learner, *valid) for s in scores},
+                     seconds=seconds)
         if angle_sums is not None:
             point["angles"] = [a / angle_count for a in angle_sums]
         if getattr(learner, "discrepancy", None) is not None:
@@ -220,6 +296,7 @@ def fit(
             extra += " | angles to bp " + " ".join(f"{a:.0f}" for a in point["angles"]) + " deg"
         if "discrepancy" in point:
             extra += f" | discrepancy {point['discrepancy']:.4g}"
-        log(f"epoch {epoch}: loss {train_loss:.4f}, valid error {100 * point['valid_error']:.2f}% ({seconds:.1f} s){extra}")
-        watch.check(point["valid_error"], epoch)
+        shown = ", ".join(s.show(point[s.key]) for s in scores)
+        log(f"epoch {epoch}: loss {train_loss:.4f}, {shown} ({seconds:.1f} s){extra}")
+        watch.check(point[scores[0].key], epoch)
     return curve

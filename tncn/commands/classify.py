@@ -159,6 +159,7 @@ def run(args) -> int:
           f"{own['epochs']} epochs of batch {o['batch_size']} on {device}")
     counts = torch.bincount(data.train[1].cpu(), minlength=data.n_classes)
     majority = float((data.valid[1].cpu() != counts.argmax()).float().mean()) if len(data.valid[1]) else None
+    learner.prepare(data.train[0])
     curve = fit(learner, optimizer, data.train, data.valid, own["epochs"], o["batch_size"], gen,
                 scheduler=scheduler, angle_every=own["angles"], progress=False if args.no_progress else None,
                 baseline=majority)
@@ -167,7 +168,7 @@ def run(args) -> int:
         rule=args.rule, data=data.name, hidden=own["hidden"], activation=args.activation,
         epochs=own["epochs"], **opt, schedule=args.schedule, batch_size=o["batch_size"], seed=o["seed"],
         init=args.init, init_std=own["init_std"], center=center, loss=args.loss, options=rule_opts,
-        sizes=sizes, test_error=test_error, rule_measures=learner.measure(), valid_error=curve[-1]["valid_error"],
+        sizes=sizes, test_error=test_error, rule_measures=learner.measure(data.test[0]), valid_error=curve[-1]["valid_error"],
         train_seconds=sum(p["seconds"] for p in curve), curve=curve,
         device=str(device), torch=str(torch.__version__), machine=platform.machine(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),

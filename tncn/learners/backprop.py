@@ -1,6 +1,7 @@
 """Back-propagation of errors (Rumelhart, Hinton & Williams 1986) by autograd: the reference rule.
 
-∂L/∂W^l of the batch-mean output loss L (``net.loss``: cross-entropy, MSE or MAE), computed by
+∂L/∂W^l of the batch-mean output loss L (``net.loss``: cross-entropy, MSE or MAE of a classifier's
+softmax or of an autoencoder's sigmoid reconstruction), computed by
 ``torch.autograd.grad`` and written into
 ``param.grad`` (assigned, not accumulated, like every other rule). The hidden activation must have
 a derivative: sign and step units have f′ = 0 almost everywhere, so backprop is refused for them
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from tncn.learners.base import Learner
+from tncn.losses import RECONSTRUCTION_LOSSES
 
 Tensor = torch.Tensor
 
@@ -32,6 +34,7 @@ class Backprop(Learner):
 
     name = "bp"
     needs_derivative = True
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """Write ∂L/∂θ into ``θ.grad`` for every parameter θ of the network; return L."""

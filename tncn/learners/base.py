@@ -63,8 +63,13 @@ class Learner(nn.Module):
         unless the rule predicts otherwise (EP and CHL: the output after the free phase)."""
         return self.net.logits(x)
 
-    def measure(self) -> dict:
-        """The rule's own measurements for the result (EP's relaxation cost); none by default."""
+    def prepare(self, x: Tensor) -> None:
+        """Set data-dependent starting values from the training inputs ``x`` before training
+        (the RBM's visible biases); nothing by default."""
+
+    def measure(self, x: Tensor) -> dict:
+        """The rule's own measurements for the result, on the test inputs ``x`` (EP's relaxation
+        cost, the RBM's pseudo-likelihood); none by default."""
         return {}
 
     def param_groups(self, lr: float) -> list[dict]:

@@ -2,9 +2,10 @@
 Networks", NeurIPS 2016).
 
 The output error reaches every hidden layer directly through a fixed random matrix B^l
-[n_classes, n_l] (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()`` (no backward hooks):
+[n_out, n_l] (n_out: the classes, or an autoencoder's pixels; the network of ``tncn.mlp``),
+computed explicitly under ``torch.no_grad()`` (no backward hooks):
 
-    δ^L = ∂ℓ/∂a^L (ŷ - y for cross-entropy),    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
+    δ^L = ∂ℓ/∂a^L (ŷ - t for cross-entropy),    δ^l = (δ^L B^l) ⊙ f′(a^l)  for l < L,
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
 
 With one hidden layer DFA and FA coincide. The B are buffers (``tncn.layers.Feedback``).
@@ -15,15 +16,17 @@ from __future__ import annotations
 import torch
 
 from tncn.learners.base import FixedFeedbackRule, output_error, write_layer_grads
+from tncn.losses import RECONSTRUCTION_LOSSES
 
 Tensor = torch.Tensor
 
 
 class DirectFeedbackAlignment(FixedFeedbackRule):
-    """DFA. ``feedback[l-1]`` carries the output error to hidden layer l: shape [n_classes, n_l]
+    """DFA. ``feedback[l-1]`` carries the output error to hidden layer l: shape [n_out, n_l]
     (options: ``FixedFeedbackRule``)."""
 
     name = "dfa"
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
 
     @staticmethod
     def shapes(net) -> list[tuple[int, int]]:

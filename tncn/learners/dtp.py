@@ -5,7 +5,8 @@ schedule for the noise of the inverses.
 Each hidden layer gets a target; the last hidden one by a gradient step on the loss, the lower ones
 through learned approximate inverses g^l, corrected by the difference that cancels the inverse's
 own reconstruction error. Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l),
-ŷ = softmax(a^L), per-example output error e^L = ∂ℓ/∂a^L (``tncn.losses``):
+ŷ = g(a^L) (softmax for classes, sigmoid for an autoencoder's pixels), per-example output error
+e^L = ∂ℓ/∂a^L (``tncn.losses``):
 
     ĥ^{L-1} = h^{L-1} - η̂ e^L W^{Lᵀ}                    (first target: η̂ ∂ℓ/∂h^{L-1} per example)
     ĥ^{l-1} = h^{l-1} + g^l(ĥ^l) - g^l(h^l),  g^l(h) = f(h V^l + c^l)    (l = L-1..2)
@@ -38,6 +39,7 @@ from torch import nn
 
 from tncn.layers import Dense
 from tncn.learners.base import Learner, UnitNoise, output_error, write_layer_grads
+from tncn.losses import RECONSTRUCTION_LOSSES
 from tncn.options import FLOAT, STR, argument, non_negative, positive
 
 Tensor = torch.Tensor
@@ -111,6 +113,7 @@ class DifferenceTargetPropagation(Learner):
 
     name = "dtp"
     needs_derivative = True
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
     angle_phases = ("forward", None)
 
     def __init__(self, net, target_step: float = 0.1, sigma: float = 0.359830, sigma_schedule: str = "fixed",

@@ -84,7 +84,7 @@ def energy(net, x: Tensor, s: list[Tensor]) -> Tensor:
     return e
 
 
-def cost(net, s_out: Tensor, target: Tensor) -> Tensor:
+def output_cost(net, s_out: Tensor, target: Tensor) -> Tensor:
     """C(s) = ‖ρ(s_L) − y‖² per example."""
     r = rho(units(net), s_out)
     return ((r - target) ** 2).sum(-1)
@@ -272,8 +272,8 @@ class _Settling(Learner):
         c["second_steps"] += second
         c["seconds"] += time.perf_counter() - start
 
-    def measure(self) -> dict:
-        """The relaxation so far: mean steps per batch of each phase, milliseconds per example, and
+    def measure(self, x: Optional[Tensor] = None) -> dict:
+        """The relaxation during training (``x`` unused): mean steps per batch of each phase, milliseconds per example, and
         per layer (input side first) the rms move of the second phase's end state from s⁰ (EP's
         nudge, CHL's clamp): how far down the signal reaches."""
         c = self.counts
@@ -355,7 +355,7 @@ class EquilibriumPropagation(_Settling):
         else:
             self._write(x, s_b, s0, 1.0 / beta)
         self._count(len(x), free, self.nudged_steps, start, s0, s_b)
-        return cost(self.net, s0[-1], target).mean()
+        return output_cost(self.net, s0[-1], target).mean()
 
 
 class ContrastiveHebbian(_Settling):
@@ -383,7 +383,7 @@ class ContrastiveHebbian(_Settling):
         s_c, second = settler.relax(clamped, self.free_steps, self.tolerance, clamp_output=True)
         self._write(x, s_c, s0, 1.0)
         self._count(len(x), free, second, start, s0, s_c)
-        return cost(self.net, s0[-1], target).mean()
+        return output_cost(self.net, s0[-1], target).mean()
 
 
 def _inverse(act, target: Tensor) -> Tensor:

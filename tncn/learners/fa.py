@@ -3,7 +3,7 @@
 Backprop's backward pass with each transposed forward weight (W^{l+1})ᵀ replaced by a fixed random
 matrix B^{l+1} of the same shape (the network of ``tncn.mlp``), computed explicitly under ``torch.no_grad()``:
 
-    δ^L = ∂ℓ/∂a^L (ŷ - y for cross-entropy),    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
+    δ^L = ∂ℓ/∂a^L (ŷ - t for cross-entropy),    δ^l = (δ^{l+1} B^{l+1}) ⊙ f′(a^l),
     ∂W^l = h^{l-1ᵀ} δ^l / B,  ∂b^l = Σ_batch δ^l / B.
 
 With B^{l+1} = (W^{l+1})ᵀ this is exactly backprop. The B are buffers (``tncn.layers.Feedback``).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from tncn.learners.base import FixedFeedbackRule, output_error, write_layer_grads
+from tncn.losses import RECONSTRUCTION_LOSSES
 
 Tensor = torch.Tensor
 
@@ -23,6 +24,7 @@ class FeedbackAlignment(FixedFeedbackRule):
     the shape of (W^{i+2})ᵀ (options: ``FixedFeedbackRule``)."""
 
     name = "fa"
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
 
     @staticmethod
     def shapes(net) -> list[tuple[int, int]]:

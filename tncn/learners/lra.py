@@ -31,6 +31,7 @@ from torch import nn
 
 from tncn.layers import Feedback
 from tncn.learners.base import Learner, UnitNoise, output_error
+from tncn.losses import RECONSTRUCTION_LOSSES
 from tncn.options import FLOAT, INT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
@@ -77,6 +78,7 @@ class LRA(Learner):
 
     name = "lra"
     needs_derivative = True
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
 
     def __init__(self, net, beta: float = 0.03, local_loss: str = "cauchy", steps: int = 1, e_std: float = 1.0,
                  clip: Optional[float] = None, seed: int = 0):
@@ -121,7 +123,7 @@ class LRA(Learner):
                 err = e_out
             else:
                 logits = net.layers[-1].pre(z[-1])
-                err, _ = output_error(net, logits, torch.softmax(logits, -1), y)
+                err, _ = output_error(net, logits, net.outputs(logits), y)
             for i in reversed(range(len(hidden))):
                 pre[i] = pre[i] - self.beta * self.E[i](err)
                 z[i] = hidden[i].act(pre[i], replay(states[i]))

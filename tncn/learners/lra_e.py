@@ -4,7 +4,8 @@ Algorithms for Propagating Local Target Representations", AAAI 2019, arXiv 1805.
 Each hidden layer gets a target computed top-down from the error of the layer above, carried by
 error weights E; its weights then move to reduce the local discrepancy between its activity and
 that target (the paper's Algorithm 1, with the output error of softmax and
-cross-entropy). Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l):
+cross-entropy, or of any output loss of ``tncn.losses``: an autoencoder's reconstruction error
+too). Row-vector layout, h^0 = x, a^l = h^{l-1} W^l + b^l, h^l = f(a^l):
 
     e^L = ∂ℓ/∂a^L  (ŷ - y for cross-entropy)     (output error, ``tncn.losses``)
     d^l = e^{l+1} E^{l+1}                         (E^{l+1}: [n_{l+1}, n_l])
@@ -46,6 +47,7 @@ from torch import nn
 
 from tncn.layers import Feedback
 from tncn.learners.base import Learner, UnitNoise, output_error, write_layer_grads
+from tncn.losses import RECONSTRUCTION_LOSSES
 from tncn.options import BOOL, FLOAT, STR, argument, optional, positive
 
 Tensor = torch.Tensor
@@ -79,6 +81,7 @@ class LRAE(Learner):
     """
 
     name = "lra-e"
+    reconstruction_losses = tuple(RECONSTRUCTION_LOSSES)
 
     def __init__(self, net, beta: float = 0.1, gamma: float = 1.0, learn_e: bool = True,
                  e_std: Optional[float] = None, target_scale: str = "auto", seed: int = 0):
