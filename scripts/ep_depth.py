@@ -1,16 +1,21 @@
 """Equilibrium propagation at depth (Scellier & Bengio 2017; ``tncn.learners.ep``): 3 and 8
-hidden layers on MNIST and Fashion-MNIST, with the nudged phase shorter than the depth and twice
-it, next to backprop on the same networks and protocol.
+hidden layers of 256 hard-sigmoid units on MNIST and Fashion-MNIST, with the nudged phase shorter
+than the depth and twice it, next to backprop on the same networks.
 
-The nudge moves one layer per relaxation step, so with T2 nudged steps on a network of L weight
-layers the layers below L − T2 receive no EP signal at all. The table shows the test error, the
-ratio T2 / L, and how far the second phase moved the bottom hidden layer compared with the top one
-(``second_phase_reach``, rms of s^β − s⁰ per layer, averaged over training).
+The nudge moves one layer per relaxation step (Jacobi updates), so with T2 nudged steps on a
+network of L weight layers the layers below L − T2 receive no EP signal at all. Two parts:
 
-Every cell is one ``tncn classify`` run (hard-sigmoid units for EP, tanh for bp, 256 units per
-layer, the first 20,000 training examples, 5 epochs, batch 50, Adam 1e-3 with cosine decay, seed
-0), stored as JSON under ``--runs`` (a rerun skips the stored cells); the table goes to stdout
-and, with ``--docs DIR``, to DIR/learners_ep_depth.md.
+- ``--part reach``: on one batch of 50 MNIST training images and the untrained network, in
+  float64, the free phase run to its fixed point, then the symmetric EP update for T2 steps and
+  its cosine, per weight layer, with the update of a nudged phase run to its own fixed point
+  (the EP gradient that T2 → ∞ gives). Cosine 0 at a layer means it got no signal.
+- ``--part train``: one ``tncn classify`` run per cell (EP with its defaults: symmetric ±β = 0.5,
+  20 free steps per hidden layer, persistent particles; bp with tanh), batch 50, Adam 1e-3 with
+  cosine decay, seed 0; 3 hidden layers on the first 20,000 training examples for 3 epochs,
+  8 hidden layers on the first 5,000 for 2 (EP at 8×256 costs tens of ms per example here).
+  Runs are stored as JSON under ``--runs`` (a rerun skips the stored cells).
+
+The tables go to stdout and, with ``--docs DIR``, to DIR/learners_ep_depth.md.
 
     python scripts/ep_depth.py --data-root DIR --docs docs
 """
@@ -21,75 +26,96 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
 from tncn.cli import main as tncn
 
 DATASETS = ("mnist", "fashion-mnist")
-DEPTHS = (3, 8)
-PROTOCOL = ["--limit", "20000", "--epochs", "5", "--batch-size", "50", "--seed", "0", "--no-progress"]
+PROTOCOL = {3: ["--limit", "20000", "--epochs", "3"], 8: ["--limit", "5000", "--epochs", "2"]}
+COMMON = ["--batch-size", "50", "--seed", "0", "--no-progress"]
 
 
-def cells():
-    """(name, dataset, depth, extra flags, T2) of every run; T2 None for bp."""
-    for data in DATASETS:
-        for depth in DEPTHS:
-            layers = depth + 1
+def cells(depths):
+    """(name, dataset, depth, extra flags, T2) of every training run; T2 None for bp."""
+    for depth in depths:
+        layers = depth + 1
+        for data in DATASETS:
             yield f"bp-{data}-{depth}", data, depth, ["--rule", "bp"], None
-            for t2 in (math.ceil(layers / 2), 2 * layers):
-                yield f"ep-{data}-{depth}-t{t2}", data, depth, ["--rule", "ep", "--nudged-steps", str(t2)], t2
-            if depth == 3:
-                yield (f"ep-{data}-{depth}-t{2 * layers}-random-sign", data, depth,
-                       ["--rule", "ep", "--nudged-steps", str(2 * layers), "--estimator", "random-sign"], 2 * layers)
+            yield f"ep-{data}-{depth}-t{2 * layers}", data, depth, ["--rule", "ep"], 2 * layers
+        short = math.ceil(layers / 2)
+        yield f"ep-mnist-{depth}-t{short}", "mnist", depth, ["--rule", "ep", "--nudged-steps", str(short)], short
 
 
-def run(runs: Path, data_root: str) -> list[dict]:
-    out = []
-    for name, data, depth, extra, t2 in cells():
+def train(runs: Path, data_root: str, depths) -> str:
+    lines = ["| data | hidden layers | rule | nudged steps T2 | T2 / L | examples × epochs | test error % "
+             "| free steps per batch | ms per example |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, data, depth, extra, t2 in cells(depths):
         path = runs / f"{name}.json"
         if not path.exists():
-            hidden = ",".join(["256"] * depth)
-            code = tncn(["classify", "--data", data, "--data-root", data_root, "--hidden", hidden, *PROTOCOL,
-                         *extra, "--json", str(path)])
+            code = tncn(["classify", "--data", data, "--data-root", data_root, "--hidden", ",".join(["256"] * depth),
+                         *PROTOCOL[depth], *COMMON, *extra, "--json", str(path)])
             if code:
                 raise SystemExit(f"{name}: tncn classify exited with {code}")
         r = json.loads(path.read_text())
-        r.update(name=name, depth=depth, t2=t2)
-        out.append(r)
-    return out
-
-
-def table(results: list[dict]) -> str:
-    lines = ["| data | hidden layers | rule | estimator | nudged steps T2 | T2 / L | test error % "
-             "| bottom / top reach | free steps per batch | ms per example |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
         m = r.get("rule_measures") or {}
-        reach = m.get("second_phase_reach")
-        ratio = f"{reach[0] / reach[-2]:.2g}" if reach and reach[-2] > 0 else "–"
-        layers = r["depth"] + 1
-        estimator = r["options"].get("estimator", "symmetric") if r["rule"] == "ep" else "–"
-        t2 = str(r["t2"]) if r["t2"] else "–"
-        per_layer = f"{r['t2'] / layers:.2f}" if r["t2"] else "–"
-        free = f"{m['free_steps_per_batch']:.1f}" if m else "–"
-        ms = m["ms_per_example"] if m else 1000 * r["train_seconds"] / (5 * 20000)
-        lines.append(f"| {r['data']} | {r['depth']} | {r['rule']} | {estimator} | {t2} | {per_layer} "
-                     f"| {100 * r['test_error']:.2f} | {ratio} | {free} | {ms:.2f} |")
+        seen = r["sizes"]["train"] * r["epochs"]
+        ms = m["ms_per_example"] if m else 1000 * r["train_seconds"] / seen
+        free = f"{m['free_steps_per_batch']:.0f}" if m else "–"
+        ratio = f"{t2 / (depth + 1):.2f}" if t2 else "–"
+        lines.append(f"| {data} | {depth} | {r['rule']} | {t2 or '–'} | {ratio} | {r['sizes']['train']:,} × "
+                     f"{r['epochs']} | {100 * r['test_error']:.2f} | {free} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def reach(data_root: str, depths) -> str:
+    from sequences import images
+    from tncn.learners.ep import EquilibriumPropagation
+    from tncn.mlp import MLP
+
+    d = images.load("mnist", root=data_root, valid=100, limit=50)
+    x, y = d.train[0].double(), d.train[1]
+    lines = ["| hidden layers | L | T2 | cosine to the converged EP update, per weight layer (input side first) |",
+             "|---|---|---|---|"]
+    for depth in depths:
+        layers = depth + 1
+        net = MLP([784] + [256] * depth + [10], activation="hard_sigmoid",
+                  generator=torch.Generator().manual_seed(0)).double()
+
+        def update(t2: int, tolerance: float) -> list[torch.Tensor]:
+            ep = EquilibriumPropagation(net, free_steps=20000, nudged_steps=t2, tolerance=tolerance)
+            ep.step(x, y)
+            return [layer.weight.grad.clone() for layer in net.layers]
+
+        reference = update(20000, 1e-12)
+        for t2 in sorted({math.ceil(layers / 2), layers - 1, layers, 2 * layers}):
+            got = update(t2, 1e-12)
+            cos = [float((a * b).sum() / (a.norm() * b.norm() + 1e-300)) for a, b in zip(got, reference)]
+            lines.append(f"| {depth} | {layers} | {t2} | {' '.join(f'{c:.2f}' for c in cos)} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="folder holding mnist/ and fashion_mnist/")
+    p.add_argument("--part", choices=["reach", "train", "all"], default="all")
     p.add_argument("--runs", type=Path, default=Path("runs/ep_depth"), help="where the runs' JSON is kept")
+    p.add_argument("--depth", type=int, choices=list(PROTOCOL), action="append",
+                   help="only this number of hidden layers (repeatable; default all)")
     p.add_argument("--docs", type=Path, help="write learners_ep_depth.md here")
     a = p.parse_args()
+    depths = a.depth or list(PROTOCOL)
     a.runs.mkdir(parents=True, exist_ok=True)
-    text = table(run(a.runs, a.data_root))
+    parts = []
+    if a.part in ("reach", "all"):
+        parts.append("Where the nudge reaches (untrained network, one batch, float64):\n\n" + reach(a.data_root, depths))
+    if a.part in ("train", "all"):
+        parts.append("Training (2-core CPU, one thread, other jobs running):\n\n" + train(a.runs, a.data_root, depths))
+    text = "\n\n".join(parts)
     print(text)
     if a.docs:
-        header = ("EP at depth: `python scripts/ep_depth.py --data-root DIR --docs docs` "
-                  "(20,000 training examples, 5 epochs, batch 50, Adam 1e-3 cosine, seed 0; 2-core CPU, "
-                  "one thread). L = weight layers = hidden layers + 1; bottom / top reach = rms move of the "
-                  "first hidden layer over that of the last hidden layer in the second phase.\n\n")
+        header = ("EP at depth, from `python scripts/ep_depth.py --data-root DIR --docs docs`. "
+                  "L = weight layers = hidden layers + 1.\n\n")
         (a.docs / "learners_ep_depth.md").write_text(header + text + "\n")
 
 
