@@ -146,8 +146,20 @@ def readout_only(data, net, act, seed, epochs, out: Path, root) -> dict:
         d = d.centered()
     gen = torch.Generator().manual_seed(seed)
     mlp = MLP([d.train[0].shape[1], *NETWORKS[net], d.n_classes], activation=act, generator=gen)
+    seconds = _fit_readout(mlp, d.train[0], d.train[1], epochs, gen)
+    result = dict(rule="readout", data=data, hidden=NETWORKS[net], activation=act, epochs=epochs, seed=seed,
+                  test_error=error_rate(mlp, *d.test), valid_error=error_rate(mlp, *d.valid),
+                  train_seconds=seconds, curve=[])
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _fit_readout(mlp: MLP, x, targets, epochs: int, gen) -> float:
+    """Train only ``mlp``'s output layer, by Adam on the exact gradient of ``mlp.loss``, on the
+    frozen initial hidden layers (batches of 50, cosine schedule); return the seconds it took."""
     with torch.no_grad():
-        feats = top_hidden(mlp, d.train[0])
+        feats = top_hidden(mlp, x)
     top = mlp.layers[-1]
     opt = torch.optim.Adam(top.parameters(), lr=READOUT_LR)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -156,17 +168,12 @@ def readout_only(data, net, act, seed, epochs, out: Path, root) -> dict:
         order = torch.randperm(len(feats), generator=gen)
         for i in range(0, len(feats), 50):
             idx = order[i:i + 50]
-            loss = torch.nn.functional.cross_entropy(top.pre(feats[idx]), d.train[1][idx])
+            value = mlp.loss.value(top.pre(feats[idx]), targets[idx])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
         sched.step()
-    result = dict(rule="readout", data=data, hidden=NETWORKS[net], activation=act, epochs=epochs, seed=seed,
-                  test_error=error_rate(mlp, *d.test), valid_error=error_rate(mlp, *d.valid),
-                  train_seconds=time.perf_counter() - start, curve=[])
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return time.perf_counter() - start
 
 
 def cell(results) -> str:
@@ -414,25 +421,11 @@ def autoencoder_readout_only(data, loss_name, seed, epochs, out: Path, root) -> 
     gen = torch.Generator().manual_seed(seed)
     n_in = d.train[0].shape[1]
     mlp = MLP([n_in, *AUTOENCODER, n_in], activation="tanh", generator=gen, loss=loss)
-    with torch.no_grad():
-        feats = top_hidden(mlp, d.train[0])
-    top = mlp.layers[-1]
-    opt = torch.optim.Adam(top.parameters(), lr=READOUT_LR)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(feats), generator=gen)
-        for i in range(0, len(feats), 50):
-            idx = order[i:i + 50]
-            value = loss.value(top.pre(feats[idx]), d.train[0][idx])
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-        sched.step()
+    seconds = _fit_readout(mlp, d.train[0], d.train[0], epochs, gen)
     test = reconstruction_error(mlp, d.test[0], d.test[0], loss)
     result = dict(rule="readout", data=data, hidden=AUTOENCODER, loss=loss_name, epochs=epochs, seed=seed,
                   test_loss=test["loss"], test_pixel_mse=test["pixel_mse"],
-                  train_seconds=time.perf_counter() - start, curve=[])
+                  train_seconds=seconds, curve=[])
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -13,7 +13,7 @@ import torch
 
 from conftest import drawn_png
 from sequences import images
-from test_images import write_idx
+from test_classify_cli import tiny  # noqa: F401  (the fixture of a tiny IDX folder)
 from tncn import learners
 from tncn.cli import main
 from tncn.diagnostics import reconstruction_grid, save_reconstructions
@@ -168,21 +168,7 @@ def test_save_reconstructions_draws_labelled_rows(tmp_path):
 
 # --------------------------------------------------------------------------- the command
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """3 classes of 6x6 images: the class sets one row of pixels bright, over dim noise."""
-    folder = tmp_path_factory.mktemp("tiny_ae")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 240), ("t10k", 60)):
-        labels = (np.arange(n) % 3).astype(np.uint8)
-        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
-        imgs[np.arange(n), labels * 2, :] = 255
-        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
-    return folder
-
-
-def autoencode(tiny, *extra):
+def autoencode(tiny, *extra):  # noqa: F811
     return main(["autoencode", "--data", str(tiny), "--valid", "40", "--hidden", "16,8,16", "--batch-size", "20",
                  "--no-progress", *extra])
 
@@ -196,7 +182,7 @@ def _numpy_reconstruction(state, x):
 
 
 @pytest.mark.parametrize("rule,loss", [("bp", "ce"), ("dfa", "mse"), ("dtp", "mae")])
-def test_end_to_end_json_and_out(tiny, tmp_path, rule, loss):
+def test_end_to_end_json_and_out(tiny, tmp_path, rule, loss):  # noqa: F811
     out = tmp_path / "r.json"
     assert autoencode(tiny, "--rule", rule, "--loss", loss, "--epochs", "10", "--lr", "0.01", "--angles", "2",
                       "--json", str(out), "--out", str(tmp_path / "run")) == 0
@@ -221,7 +207,7 @@ def test_end_to_end_json_and_out(tiny, tmp_path, rule, loss):
     drawn_png(tmp_path / "run" / "reconstructions.png")
 
 
-def test_centred_inputs_still_reconstruct_the_raw_image(tiny, tmp_path):
+def test_centred_inputs_still_reconstruct_the_raw_image(tiny, tmp_path):  # noqa: F811
     out = tmp_path / "r.json"
     assert autoencode(tiny, "--rule", "lra-e", "--activation", "sign", "--epochs", "2", "--json", str(out),
                       "--out", str(tmp_path / "run")) == 0
@@ -239,7 +225,7 @@ def test_centred_inputs_still_reconstruct_the_raw_image(tiny, tmp_path):
     assert r["test_pixel_mse"] == pytest.approx(float(((p - x) ** 2).mean()), rel=1e-6)
 
 
-def test_same_seed_same_result(tiny, tmp_path):
+def test_same_seed_same_result(tiny, tmp_path):  # noqa: F811
     runs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.json"
@@ -258,13 +244,13 @@ def test_same_seed_same_result(tiny, tmp_path):
     (["--rule", "bp", "--hidden", "12,0"], "--hidden"),
     (["--rule", "bp", "--batch-size", "500"], "--batch-size 500 is larger than the 200 training examples"),
 ])
-def test_bad_input_one_line_exit_2(tiny, capsys, args, message):
+def test_bad_input_one_line_exit_2(tiny, capsys, args, message):  # noqa: F811
     assert autoencode(tiny, *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("tncn autoencode: error:"), err
 
 
-def test_a_loss_the_rule_does_not_know_is_refused(tiny, capsys, monkeypatch):
+def test_a_loss_the_rule_does_not_know_is_refused(tiny, capsys, monkeypatch):  # noqa: F811
     monkeypatch.setattr(learners.LEARNERS["dfa"], "reconstruction_losses", ("mse", "mae"))
     assert autoencode(tiny, "--rule", "dfa", "--loss", "ce") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -214,7 +214,9 @@ def test_units_that_cannot_settle_are_refused(act):
 @pytest.mark.parametrize("rule", ["ep", "chl"])
 def test_classify_trains_by_settling(tiny, tmp_path, rule):  # noqa: F811
     out = tmp_path / "r.json"
-    assert classify(tiny, "--rule", rule, "--hidden", "24", "--epochs", "5", "--json", str(out)) == 0
+    assert classify(tiny, "--rule", rule, "--hidden", "24", "--epochs", "5", "--json", str(out),
+                    "--embedding", str(tmp_path / "e.png")) == 0
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"   # the settled top hidden layer
     r = json.loads(out.read_text())
     assert r["activation"] == "hard_sigmoid" and r["test_error"] < 0.2  # chance is 2/3
     assert r["rule_measures"]["free_steps_per_batch"] >= 1

@@ -115,13 +115,19 @@ def save_filters(weight: Tensor, path, title: str = "", shape=None, count: int =
 
 
 @torch.no_grad()
-def top_hidden(net, x: Tensor, batch_size: int = 2000) -> Tensor:
-    """The post-activations of the topmost hidden layer h^{L-1} for the rows of ``x``."""
+def top_hidden(model, x: Tensor, batch_size: int = 2000) -> Tensor:
+    """The topmost hidden layer's activities for the rows of ``x``: h^{L-1} of the forward pass of
+    an ``MLP``, or of a learner that represents its inputs otherwise (EP's and CHL's settled
+    states: its ``top_hidden(x)``)."""
+    net = getattr(model, "net", model)
     if len(net.layers) < 2:
         raise ValueError("the network has no hidden layer to embed")
     out = []
     for i in range(0, len(x), batch_size):
         h = x[i:i + batch_size]
+        if hasattr(model, "top_hidden"):
+            out.append(model.top_hidden(h))
+            continue
         for layer in net.layers[:-1]:
             h = layer(h)
         out.append(h)
@@ -142,7 +148,7 @@ def pca_2d(h: Tensor) -> np.ndarray:
     return (a @ (axes * torch.where(signs == 0, 1.0, signs))).numpy()
 
 
-def draw_embedding(ax, net, x: Tensor, y: Tensor, legend: bool = True) -> None:
+def draw_embedding(ax, net, x: Tensor, y: Tensor, legend: bool = True) -> None:  # net: an MLP or a learner
     """Scatter the topmost hidden layer's activities on ``x`` into ``ax``: PCA to 2-D (``pca_2d``),
     one colour per class ``y``."""
     from matplotlib import colormaps

@@ -62,20 +62,11 @@ def register(subparsers, argv=None) -> None:
     rule = flags.peek(argv, "--rule").rule
     cls = learners.LEARNERS.get(rule)
     able = ", ".join(autoencoding_rules())
-    p = subparsers.add_parser(
-        "autoencode",
-        help=f"train an autoencoder with one learning rule ({able})",
-        description=f"Train an autoencoder (sigmoid outputs reconstructing the input) with one learning rule "
-                    f"({able}) and report its test reconstruction error; the data and flags are tncn classify's. "
-                    "tncn autoencode --rule NAME --help lists the rule's own options.",
-        parents=[flags.parent("data_root", "batch_size", "seed", "device", defaults=classify.DEFAULTS, helps={
-                     "batch_size": "examples per update",
-                     "seed": "seed of the weights, feedback matrices and batch order"}),
-                 flags.outputs("write result.json, reconstructions.png and model.pt here")],
-    )
-    p.add_argument("--rule", required=True, choices=list(learners.LEARNERS), help="the learning rule")
-    p.add_argument("--data", default="mnist",
-                   help="mnist, fashion-mnist, notmnist, a folder of IDX files, or hf:NAME (default mnist)")
+    p = classify.image_parser(
+        subparsers, "autoencode", f"train an autoencoder with one learning rule ({able})",
+        f"Train an autoencoder (sigmoid outputs reconstructing the input) with one learning rule ({able}) and "
+        "report its test reconstruction error; the data and flags are tncn classify's.",
+        "write result.json, reconstructions.png and model.pt here")
     two_valued = ", ".join(classify.BY_ACTIVATION)
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help="feed the network the image minus the mean training image (the target stays the raw "
@@ -103,12 +94,12 @@ def autoencoding_rules() -> list[str]:
     """The rules that train autoencoders: those declaring the reconstruction losses they know."""
     from tncn import learners
 
-    return [name for name, cls in learners.LEARNERS.items() if getattr(cls, "reconstruction_losses", ())]
+    return [name for name, cls in learners.LEARNERS.items() if cls.reconstruction_losses]
 
 
 def check_rule(cls, loss: str) -> None:
     """Refuse (``UserError``, one line) a rule that does not train autoencoders, or not on ``loss``."""
-    known = getattr(cls, "reconstruction_losses", ())
+    known = cls.reconstruction_losses
     if not known:
         raise UserError(f"rule {cls.name!r} does not train autoencoders (it does not carry the reconstruction "
                         f"error to its hidden layers); the rules that do: {', '.join(autoencoding_rules())}")
@@ -128,11 +119,10 @@ def pictured(labels: torch.Tensor, count: int = PICTURED) -> torch.Tensor:
 
 def run(args) -> int:
     from sequences import images
-    from tncn import learners, runs
+    from tncn import runs
     from tncn.diagnostics import save_reconstructions
     from tncn.losses import get_reconstruction_loss
     from tncn.mlp import MLP, MeanImage, fit, reconstruction_error, reconstruction_scores
-    from tncn.optim import make_optimizer
 
     check_rule(args.rule_class, args.loss)
     args.activation = args.activation or "tanh"
@@ -158,17 +148,11 @@ def run(args) -> int:
     torch.manual_seed(o["seed"])  # stochastic units at evaluation draw from the global generator
     loss = get_reconstruction_loss(args.loss)
     n_in = raw.train[0].shape[1]
-    try:
-        net = MLP([n_in, *own["hidden"], n_in], activation=args.activation, init=args.init, std=own["init_std"],
-                  generator=gen, loss=loss)
-        learner = learners.make(args.rule, net, seed=o["seed"], **rule_opts).to(device)
-        if own["angles"] and not net.act.differentiable:
-            raise ValueError(f"--angles compares with backprop, which needs a differentiable activation, not {args.activation!r}")
-        optimizer = make_optimizer(opt["optimizer"], learner.param_groups(opt["lr"]), opt["lr"], opt["momentum"],
-                                   opt["weight_decay"])
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, own["epochs"]) if args.schedule == "cosine" else None
+    learner, optimizer, scheduler = classify.trainer(
+        args, lambda: MLP([n_in, *own["hidden"], n_in], activation=args.activation, init=args.init,
+                          std=own["init_std"], generator=gen, loss=loss),
+        rule_opts, opt, own, o["seed"], device)
+    net = learner.net
     split = {name: (getattr(fed, name)[0].to(device), getattr(raw, name)[0].to(device))
              for name in ("train", "valid", "test")}  # (input, target = the raw image)
     sizes = raw.sizes()

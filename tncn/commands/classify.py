@@ -57,25 +57,35 @@ OWN = (
 """The command's own numeric options, read and checked like a learner's."""
 
 
+def image_parser(subparsers, name: str, help: str, description: str, outputs: str):
+    """The parser of a command that trains one rule on an image set (``classify``, ``autoencode``):
+    the shared data, batch, seed, device and output flags, ``--rule`` and ``--data``."""
+    from tncn import learners
+
+    p = subparsers.add_parser(
+        name, help=help,
+        description=f"{description} tncn {name} --rule NAME --help lists the rule's own options.",
+        parents=[flags.parent("data_root", "batch_size", "seed", "device", defaults=DEFAULTS, helps={
+                     "batch_size": "examples per update",
+                     "seed": "seed of the weights, feedback matrices and batch order"}),
+                 flags.outputs(outputs)],
+    )
+    p.add_argument("--rule", required=True, choices=list(learners.LEARNERS), help="the learning rule")
+    p.add_argument("--data", default="mnist",
+                   help="mnist, fashion-mnist, notmnist, a folder of IDX files, or hf:NAME (default mnist)")
+    return p
+
+
 def register(subparsers, argv=None) -> None:
     from tncn import learners
 
     rule = flags.peek(argv, "--rule").rule
     cls = learners.LEARNERS.get(rule)
-    p = subparsers.add_parser(
-        "classify",
-        help="train a feedforward classifier with one learning rule (" + ", ".join(learners.LEARNERS) + ")",
-        description="Train a feedforward classifier with one learning rule (" + ", ".join(learners.LEARNERS) + ") "
-                    "and report its test error; the defaults are the protocol of scripts/compare_rules.py. "
-                    "tncn classify --rule NAME --help lists the rule's own options.",
-        parents=[flags.parent("data_root", "batch_size", "seed", "device", defaults=DEFAULTS, helps={
-                     "batch_size": "examples per update",
-                     "seed": "seed of the weights, feedback matrices and batch order"}),
-                 flags.outputs("write result.json, filters.png, embedding.png and model.pt here")],
-    )
-    p.add_argument("--rule", required=True, choices=list(learners.LEARNERS), help="the learning rule")
-    p.add_argument("--data", default="mnist",
-                   help="mnist, fashion-mnist, notmnist, a folder of IDX files, or hf:NAME (default mnist)")
+    rules = ", ".join(learners.LEARNERS)
+    p = image_parser(subparsers, "classify", f"train a feedforward classifier with one learning rule ({rules})",
+                     f"Train a feedforward classifier with one learning rule ({rules}) and report its test error; "
+                     "the defaults are the protocol of scripts/compare_rules.py.",
+                     "write result.json, filters.png, embedding.png and model.pt here")
     two_valued = ", ".join(BY_ACTIVATION)
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help=f"subtract the mean training image from every image (default: on for {two_valued} units, "
@@ -102,12 +112,35 @@ def register(subparsers, argv=None) -> None:
     p.set_defaults(func=run, rule_class=cls)
 
 
+def trainer(args, new_net, rule_opts: dict, opt: dict, own: dict, seed: int, device):
+    """The learner ``args.rule`` on the network ``new_net()`` builds, on ``device``, its optimizer
+    (the rule's parameter groups) and the learning-rate schedule; a network or option the rule
+    refuses, or ``--angles`` where backprop's gradient is no reference, is a ``UserError``."""
+    from tncn import learners
+    from tncn.optim import make_optimizer
+
+    own_cost = args.rule_class.cost
+    try:
+        net = new_net()
+        learner = learners.make(args.rule, net, seed=seed, **rule_opts).to(device)
+        if own["angles"] and own_cost:
+            raise ValueError(f"--angles compares with backprop's gradient of the feedforward network, which rule "
+                             f"{args.rule} does not follow (it minimises {own_cost})")
+        if own["angles"] and not net.act.differentiable:
+            raise ValueError(f"--angles compares with backprop, which needs a differentiable activation, not {args.activation!r}")
+        optimizer = make_optimizer(opt["optimizer"], learner.param_groups(opt["lr"]), opt["lr"], opt["momentum"],
+                                   opt["weight_decay"])
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, own["epochs"]) if args.schedule == "cosine" else None
+    return learner, optimizer, scheduler
+
+
 def run(args) -> int:
     from sequences import images
-    from tncn import learners, runs
+    from tncn import runs
     from tncn.diagnostics import save_embedding, save_filters
     from tncn.mlp import MLP, error_rate, fit
-    from tncn.optim import make_optimizer
 
     args.activation = args.activation or args.rule_class.activation or "tanh"
     o = flags.read(args, "data_root", "batch_size", "seed", "device", defaults=DEFAULTS)
@@ -137,20 +170,11 @@ def run(args) -> int:
         raise OptionError("batch_size", f"{{}} {o['batch_size']:,} is larger than the {n_train:,} training examples")
     gen = torch.Generator().manual_seed(o["seed"])
     torch.manual_seed(o["seed"])  # stochastic units at evaluation draw from the global generator
-    try:
-        net = MLP([data.train[0].shape[1], *own["hidden"], data.n_classes], activation=args.activation,
-                  init=args.init, std=own["init_std"], generator=gen, loss=args.loss)
-        learner = learners.make(args.rule, net, seed=o["seed"], **rule_opts).to(device)
-        if own["angles"] and own_cost:
-            raise ValueError(f"--angles compares with backprop's gradient of the feedforward network, which rule "
-                             f"{args.rule} does not follow (it minimises {own_cost})")
-        if own["angles"] and not net.act.differentiable:
-            raise ValueError(f"--angles compares with backprop, which needs a differentiable activation, not {args.activation!r}")
-        optimizer = make_optimizer(opt["optimizer"], learner.param_groups(opt["lr"]), opt["lr"], opt["momentum"],
-                                   opt["weight_decay"])
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, own["epochs"]) if args.schedule == "cosine" else None
+    learner, optimizer, scheduler = trainer(
+        args, lambda: MLP([data.train[0].shape[1], *own["hidden"], data.n_classes], activation=args.activation,
+                          init=args.init, std=own["init_std"], generator=gen, loss=args.loss),
+        rule_opts, opt, own, o["seed"], device)
+    net = learner.net
     data = data.to(device)
     sizes = data.sizes()
     print(f"{args.rule} on {data.name} ({sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test), "
@@ -180,13 +204,13 @@ def run(args) -> int:
         save_filters(net.layers[0].weight, filters_path, title, shape=data.shape)
     embed_title = f"{args.rule}, {data.name}, {','.join(map(str, own['hidden']))} {args.activation}: top hidden layer (test set)"
     if embedding_path:
-        save_embedding(net, *data.test, embedding_path, embed_title)
+        save_embedding(learner, *data.test, embedding_path, embed_title)
     if json_path:
         files.write_json(json_path, result, indent=1)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         files.write_json(out / "result.json", result, indent=1)
         save_filters(net.layers[0].weight, out / "filters.png", title, shape=data.shape)
-        save_embedding(net, *data.test, out / "embedding.png", embed_title)
+        save_embedding(learner, *data.test, out / "embedding.png", embed_title)
         checkpoint.save(out / "model.pt", {"result": result, "state_dict": learner.state_dict()}, "classifier")
     return 0

@@ -34,7 +34,9 @@ class Learner(nn.Module):
     ``tncn classify`` takes it as the rule's default) and ``activations`` (the ones it accepts
     where there are several; empty: ``activation`` only), and ``cost`` (a rule that minimises an
     objective of its own instead of ``net.loss`` describes it here, and its updates are not the
-    feedforward network's gradient). A rule whose constructor takes ``seed``
+    feedforward network's gradient), ``reconstruction_losses`` (the names in
+    ``tncn.losses.RECONSTRUCTION_LOSSES`` it trains autoencoders with; empty: none, as for the
+    RBM, whose hidden layers never see the output error). A rule whose constructor takes ``seed``
     draws random matrices from it.
     """
 
@@ -44,6 +46,7 @@ class Learner(nn.Module):
     activation: ClassVar[Optional[str]] = None
     activations: ClassVar[tuple] = ()
     cost: ClassVar[Optional[str]] = None
+    reconstruction_losses: ClassVar[tuple] = ()
 
     def __init__(self, net):
         super().__init__()

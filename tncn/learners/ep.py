@@ -30,10 +30,9 @@ s^β. The update, written into ``.grad`` as the gradient of the batch-mean cost 
 (``one-sided``, bias O(β)), or the default, the symmetric estimator of Laborieux et al.
 ("Scaling Equilibrium Propagation to Deep ConvNets by Drastically Reducing its Gradient
 Estimator Bias", Frontiers in Neuroscience 2021), ∂θ = (∂E/∂θ(s^β) − ∂E/∂θ(s^−β)) / 2β, bias
-O(β²). It also cancels the drift of a free phase that stopped at its cap before its fixed point,
-which the one-sided difference s^β − s⁰ takes for signal: on MNIST 3×256, 200 steps of Adam
-3e-4, the symmetric estimate reached 24.9 % validation error and the random-sign one 75.9 %
-(``docs/learners.md``). The nudge moves one layer
+O(β²) (``tests/test_ep.py`` checks both rates against the implicit gradient). It also cancels
+the drift of a free phase stopped at its cap before its fixed point, which the one-sided
+difference s^β − s⁰ takes for signal. The nudge moves one layer
 per step: after k nudged steps from a fixed point only the top k layers have moved, so the
 bottom layer needs ``nudged_steps`` ≥ L (the official recipes use 2L: 4, 6, 8 for 1, 2, 3 hidden
 layers, which is the default here).
@@ -253,11 +252,20 @@ class _Settling(Learner):
         return settler, s, steps
 
     @torch.no_grad()
-    def logits(self, x: Tensor) -> Tensor:
-        """The output state after a free phase of up to ``eval_steps`` steps from the feedforward pass."""
+    def settle(self, x: Tensor) -> list[Tensor]:
+        """The states [s_1..s_L] after a free phase of up to ``eval_steps`` steps from the feedforward pass."""
         settler = Settler(self.net, x, self.epsilon, self.compiled)
-        s, _ = settler.relax(settler.feedforward(), self.eval_steps, self.tolerance)
-        return s[-1]
+        return settler.relax(settler.feedforward(), self.eval_steps, self.tolerance)[0]
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The settled output state s_L (its argmax is the prediction)."""
+        return self.settle(x)[-1]
+
+    def top_hidden(self, x: Tensor) -> Tensor:
+        """The settled top hidden layer ρ(s_{L-1}) (``tncn.diagnostics.top_hidden``)."""
+        if len(self.net.layers) < 2:
+            raise ValueError("the network has no hidden layer to embed")
+        return rho(self.act, self.settle(x)[-2])
 
     def _write(self, x: Tensor, s_a: list[Tensor], s_b: list[Tensor], scale: float) -> None:
         """θ.grad = scale · (∂E/∂θ(s_a) − ∂E/∂θ(s_b))."""
@@ -276,9 +284,10 @@ class _Settling(Learner):
         c["seconds"] += time.perf_counter() - start
 
     def measure(self, x: Optional[Tensor] = None) -> dict:
-        """The relaxation during training (``x`` unused): mean steps per batch of each phase, milliseconds per example, and
-        per layer (input side first) the rms move of the second phase's end state from s⁰ (EP's
-        nudge, CHL's clamp): how far down the signal reaches."""
+        """The relaxation during training (``x`` unused): mean steps per batch of the free phase
+        and of the second phase(s) (both nudged phases of the symmetric estimator), milliseconds
+        per example, and per layer (input side first) the rms move of the (first) second phase's
+        end state from s⁰ (EP's nudge, CHL's clamp)."""
         c = self.counts
         if not c["batches"]:
             return {}
@@ -298,9 +307,8 @@ class EquilibriumPropagation(_Settling):
         estimator: ``symmetric`` (±β, two nudged phases), ``random-sign`` (β's sign drawn per
             batch, the official code's) or ``one-sided`` (+β).
         epsilon: the relaxation step ε.
-        free_steps: the free phase's step cap (none: 20 per hidden layer, the official recipe's
-            20 for one hidden layer; deeper networks settle more slowly: MNIST 3×256, 400 batches,
-            a cap of 100 reached 21.2 % validation error and one of 20, 33.6 %).
+        free_steps: the free phase's step cap (none: 20 per hidden layer; the official recipes
+            take 20, 150 and 500 for one, two and three hidden layers).
         nudged_steps: steps of each nudged phase (none: 2L, as the official recipes).
         tolerance: a phase stops once no state moves by more than this in a step.
         eval_steps: the step cap of the free phase that predicts (none: 5 × ``free_steps``; it
@@ -356,13 +364,14 @@ class EquilibriumPropagation(_Settling):
         beta = self.beta
         if self.estimator == "random-sign" and torch.rand((), generator=self.gen) < 0.5:
             beta = -beta
-        s_b, _ = settler.relax(s0, self.nudged_steps, self.tolerance, beta, target)
+        s_b, nudged = settler.relax(s0, self.nudged_steps, self.tolerance, beta, target)
         if self.estimator == "symmetric":
-            s_m, _ = settler.relax(s0, self.nudged_steps, self.tolerance, -beta, target)
+            s_m, more = settler.relax(s0, self.nudged_steps, self.tolerance, -beta, target)
             self._write(x, s_b, s_m, 1.0 / (2 * beta))
+            nudged += more
         else:
             self._write(x, s_b, s0, 1.0 / beta)
-        self._count(len(x), free, self.nudged_steps, start, s0, s_b)
+        self._count(len(x), free, nudged, start, s0, s_b)
         return output_cost(self.net, s0[-1], target).mean()
 
 
