@@ -44,11 +44,14 @@ def cells(depths):
             yield f"ep-{data}-{depth}-t{2 * layers}", data, depth, ["--rule", "ep"], 2 * layers
         short = math.ceil(layers / 2)
         yield f"ep-mnist-{depth}-t{short}", "mnist", depth, ["--rule", "ep", "--nudged-steps", str(short)], short
+        if depth == 3:  # longer phases: does more settling rescue the 3-layer network?
+            yield (f"ep-mnist-{depth}-t{4 * layers}-free200", "mnist", depth,
+                   ["--rule", "ep", "--nudged-steps", str(4 * layers), "--free-steps", "200"], 4 * layers)
 
 
 def train(runs: Path, data_root: str, depths) -> str:
-    lines = ["| data | hidden layers | rule | nudged steps T2 | T2 / L | examples × epochs | test error % "
-             "| free steps per batch | ms per example |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | hidden layers | rule | nudged steps T2 | T2 / L | free-phase cap | examples × epochs "
+             "| test error % | free steps per batch | ms per example |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, data, depth, extra, t2 in cells(depths):
         path = runs / f"{name}.json"
         if not path.exists():
@@ -62,7 +65,8 @@ def train(runs: Path, data_root: str, depths) -> str:
         ms = m["ms_per_example"] if m else 1000 * r["train_seconds"] / seen
         free = f"{m['free_steps_per_batch']:.0f}" if m else "–"
         ratio = f"{t2 / (depth + 1):.2f}" if t2 else "–"
-        lines.append(f"| {data} | {depth} | {r['rule']} | {t2 or '–'} | {ratio} | {r['sizes']['train']:,} × "
+        cap = r["options"].get("free_steps", 20 * depth) if r["rule"] == "ep" else "–"
+        lines.append(f"| {data} | {depth} | {r['rule']} | {t2 or '–'} | {ratio} | {cap} | {r['sizes']['train']:,} × "
                      f"{r['epochs']} | {100 * r['test_error']:.2f} | {free} | {ms:.2f} |")
     return "\n".join(lines)
 
