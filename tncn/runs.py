@@ -10,7 +10,9 @@ latest, saved at each validation), ``best.pt`` (the checkpoint of the best valid
 The checkpoint (``tncn.checkpoint``, kind ``"sequence"``) holds plain data only: ``config``,
 ``vocab`` (``Vocabulary.to_dict``, or ``FrameSpace.to_dict`` for video), ``learner`` (the
 learner's state_dict: model, optimizer, carried state, its RNG), ``progress``
-(``tncn.train.Progress``) and ``rng`` (the global torch RNG states).
+(``tncn.train.Progress``) and ``rng`` (the global torch RNG states); a run under torchrun
+(``tncn.distributed``; only rank 0 writes) adds ``ranks``, each rank's own carried and random
+state (its whole learner under ``--parallel average``), and ``config.json`` its ``world_size``.
 """
 from __future__ import annotations
 
@@ -70,12 +72,18 @@ def open_data(spec: str, config: dict):
     return text.load(spec, None if spec.startswith(("ptb-char", "ptb-word")) else config.get("level"))
 
 
+def saved_config(out: Path) -> dict:
+    """The config.json of the run folder ``out`` (empty when it has none)."""
+    try:
+        config = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def saved_model(out: Path) -> Optional[str]:
     """The model of the run folder ``out`` by its config.json (None when it has none)."""
-    try:
-        return json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return saved_config(out).get("model")
 
 
 def learner_options(config: dict) -> dict:
@@ -93,6 +101,7 @@ class Run:
     progress: Progress
     rng: dict
     path: Path
+    ranks: Optional[list] = None  # a distributed run's per-rank states (see ``save``)
 
 
 def load(path, device: Optional[str] = None, runtime: Optional[dict] = None) -> Run:
@@ -113,13 +122,17 @@ def load(path, device: Optional[str] = None, runtime: Optional[dict] = None) -> 
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{where}: its model or vocabulary does not fit its saved weights ({text})") from None
-    return Run(config, vocab, learner, progress, data.get("rng", {}), where)
+    return Run(config, vocab, learner, progress, data.get("rng", {}), where, data.get("ranks"))
 
 
-def save(out: Path, config: dict, vocab: Vocabulary, learner, progress: Progress) -> Path:
-    return checkpoint.save(out / checkpoint.FILENAME, {
-        "config": config, "vocab": vocab.to_dict(), "learner": learner.state_dict(),
-        "progress": progress.to_dict(), "rng": checkpoint.rng_state()}, KIND)
+def save(out: Path, config: dict, vocab: Vocabulary, learner, progress: Progress, ranks: Optional[list] = None) -> Path:
+    """The checkpoint of a run; ``ranks``: under torchrun, what each rank holds of its own
+    (``{"learner": SequenceLearner.rank_state(...), "rng": ...}`` per rank, rank 0 first)."""
+    payload = {"config": config, "vocab": vocab.to_dict(), "learner": learner.state_dict(),
+               "progress": progress.to_dict(), "rng": checkpoint.rng_state()}
+    if ranks is not None:
+        payload["ranks"] = ranks
+    return checkpoint.save(out / checkpoint.FILENAME, payload, KIND)
 
 
 def keep_best(out: Path) -> None:

@@ -117,7 +117,7 @@ class Progress:
 def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int = 0,
         progress: Optional[Progress] = None, on_record: Optional[Callable[[dict, Progress], None]] = None,
         should_stop: Callable[[], bool] = lambda: False, until: Optional[Callable[[Progress], bool]] = None,
-        bar: bool = True, baseline: Optional[float] = None) -> tuple[Progress, bool]:
+        bar: bool = True, baseline: Optional[float] = None, verbose: bool = True) -> tuple[Progress, bool]:
     """Train until ``budget`` is spent or ``until(progress)`` is true (at least one of the two);
     validate on ``valid`` every ``eval_every`` steps and at the end (``valid`` None: never).
 
@@ -133,7 +133,8 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
     finite, when a weight is not finite at a validation (before ``on_record``, so nothing
     non-finite is ever recorded or saved; the exception carries the record), or when a validation
     score is not finite or is worse than ``baseline`` (the no-context score) after an earlier one
-    was better.
+    was better. ``bar``: show the progress bar; ``verbose``: print a line per validation (under
+    torchrun rank 0 alone does both).
     """
     from tqdm.auto import tqdm
 
@@ -177,8 +178,9 @@ def fit(learner, train, valid, budget: Optional[Budget] = None, eval_every: int 
         p.records.append(rec)
         if on_record is not None:
             on_record(rec, p)
-        pbar.write(f"step {p.step}: train {running.mean:.4f}  valid {v.mean:.4f} {METRICS[metric].short}  "
-                   f"({p.tokens:,} tokens, {p.elapsed_s:.0f} s)", file=sys.stderr)
+        if verbose:
+            pbar.write(f"step {p.step}: train {running.mean:.4f}  valid {v.mean:.4f} {METRICS[metric].short}  "
+                       f"({p.tokens:,} tokens, {p.elapsed_s:.0f} s)", file=sys.stderr)
 
     try:
         while not done():

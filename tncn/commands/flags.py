@@ -40,6 +40,11 @@ FLAGS = {o.name: o for o in (
     Option("device", STR, "cpu", "cpu, cuda or cuda:N"),
     Option("threads", INT, 1, "CPU threads for torch (1: fastest for small widths and on a shared machine)",
            check=positive),
+    Option("parallel", STR, "exact", "under torchrun: exact (the one-process update on the global batch: summed "
+                                     "local updates or DDP) or average (local SGD: each rank learns alone, the "
+                                     "weights are averaged every --average-every steps)", choices=("exact", "average")),
+    Option("average_every", INT, 1, "under torchrun with --parallel average: average the weights every K "
+                                    "training steps", check=positive),
     Option("steps", optional(INT), None, "training budget: batches", check=positive),
     Option("epochs", optional(INT), None, "training budget: passes over the training split", check=positive),
     Option("minutes", optional(FLOAT), None, "training budget: minutes", check=positive),

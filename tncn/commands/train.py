@@ -18,6 +18,14 @@ sequences; the protocol is one sequence per row, state reset per batch.
 The flags are built from declarations: the shared ones from ``tncn.commands.flags``, the model's
 from its learner's ``OPTIONS`` (``tncn train --model X --help`` lists X's).
 
+Under ``torchrun --nproc_per_node=N -m tncn train ...`` the N processes train one run
+(``tncn.distributed``): each takes B/N rows of every batch (``--batch-size`` must be a multiple of
+N); ``--parallel exact`` (default) gives the one-process update on the global batch (P-TNCN's
+summed local updates, or DDP for the BPTT baselines), ``--parallel average`` is local SGD with
+the weights averaged every ``--average-every`` steps. Only rank 0 writes the run folder and
+prints; ``config.json`` records ``world_size``, and a resume needs the same one. Bad input,
+including ranks started with different options, is one line from rank 0, and every rank exits 2.
+
 ``--resume`` continues the run in ``--out`` from its checkpoint with its saved options; only the
 budget (``--steps/--epochs/--minutes/--tokens``), ``--device``, ``--threads`` and the learner's
 runtime options (``--compile``) may change, and a run resumed with the same threads on the CPU
@@ -30,18 +38,21 @@ import re
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from sequences import text, video
-from tncn import checkpoint, presets, runs
+from sequences.errors import DataError
+from tncn import checkpoint, distributed, presets, runs
 from tncn.checkpoint import set_rng_state
 from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.guard import EXIT_STATUS, Diverged, check_weights
 from tncn.metrics import perplexity, unigram_entropy
-from tncn.options import INT, STR, Option, non_negative
+from tncn.options import INT, STR, Option, OptionError, non_negative
 from tncn.temporal import LEARNERS, build_learner, learner_class
 from tncn.train import BUDGET_KEYS, Budget, Progress, fit, generate
 
@@ -70,7 +81,7 @@ OWN = (Option("eval_every", INT, 0, "validate every N steps; 0: only at the end"
               check=lambda v: None if v in PRESETS or presets.is_file(v)
               else f"must be one of {', '.join(PRESETS)} or a preset file (.json)"))
 RUN_KEYS = ("data", "data_root", "level", "protocol", "seq_len", "batch_size", "model", *BUDGET_KEYS,
-            "eval_every", "seed", "device", "threads")
+            "eval_every", "seed", "device", "threads", "parallel", "average_every")
 """The run's own keys in config.json (video runs add ``flags.VIDEO``), before the learner's options."""
 SAMPLE_CHARS, SAMPLE_WORDS, SAMPLE_TEMPERATURE = 300, 60, 0.7
 PLOT_EVERY_S = 60.0  # curves.png is redrawn at most this often during a run, and at its end
@@ -113,7 +124,7 @@ def register(sub, argv=None) -> None:
         parents=[flags.parent("data", "data_root", "level", "protocol", "seq_len", "batch_size", title="data"),
                  flags.parent(*flags.VIDEO, title="video data"),
                  flags.budget(helps={"minutes": "training budget: wall time in minutes, validation included"}),
-                 flags.parent("seed", "device", "threads", title="run"),
+                 flags.parent("seed", "device", "threads", "parallel", "average_every", title="run"),
                  flags.outputs("run folder (default runs/DATA-MODEL-TIME)", resume=True)])
     run_group = p.add_argument_group("training")
     run_group.add_argument("--model", choices=list(LEARNERS), metavar="|".join(LEARNERS),
@@ -239,9 +250,37 @@ def _default_out(config: dict) -> Path:
 # --------------------------------------------------------------------------- the command
 
 def run(args) -> int:
+    group = distributed.start()  # None outside torchrun
+    try:
+        return _run(args, group)
+    except distributed.Silenced:  # rank 0 says why
+        return 2
+    finally:
+        distributed.stop(group)
+
+
+@dataclass
+class _Setup:
+    """A run that passed every check, before anything is written."""
+
+    config: dict
+    out: Path
+    vocab: object
+    corpus: object
+    train: object
+    valid: object
+    learner: object
+    progress: Progress
+    ranks: Optional[list]  # the saved ranks' own states (a resumed distributed run)
+
+
+def _prepare(args, group) -> _Setup:
+    """Every check a run makes before it writes anything; the learner built or loaded."""
+    world = group.world if group else 1
     explicit = _explicit(args)
     if args.resume and not args.out:
         raise UserError("--resume needs --out DIR, the run folder to continue")
+    ranks = None
     if args.resume:
         out = Path(args.out)
         if runs.unstarted(out) and not args.force:
@@ -250,14 +289,28 @@ def run(args) -> int:
         flags.check_out(out, args.force, resume=True)
         cls = learner_class(runs.saved_model(out) or DEFAULT_MODEL)
         runtime = {o.name: explicit[o.name] for o in cls.OPTIONS if o.runtime and o.name in explicit}
-        saved = runs.load(out, explicit.get("device"), runtime)
+        saved_device = explicit.get("device") or runs.saved_config(out).get("device", "cpu")
+        saved = runs.load(out, distributed.device_name(saved_device, group), runtime)
         config = _resume_config(saved.config, explicit, out, cls)
+        if config.get("world_size", 1) != world:
+            raise UserError(f"the run in {out} was trained by {config.get('world_size', 1)} process(es) and is "
+                            f"resumed by {world}: resume it with the same world size (torchrun --nproc_per_node)")
         _check_budget_left(config, saved.progress, explicit, out)
+        ranks = saved.ranks
     else:
         config = resolve({k: v for k, v in explicit.items() if k != "preset"}, explicit.get("preset", "quick"))
+        config["world_size"] = world
         out = Path(args.out) if args.out else _default_out(config)
-        flags.check_out(out, args.force or runs.unstarted(out), resume=False)
-    device = runs.resolve_device(config["device"])
+        if group is None or group.main:  # rank 0 alone owns the run folder
+            flags.check_out(out, args.force or runs.unstarted(out), resume=False)
+    if "average_every" in explicit and config.get("parallel", "exact") != "average":
+        raise UserError("--average-every applies to --parallel average")
+    if group is not None:
+        if config["batch_size"] % world:
+            raise UserError(f"--batch-size {config['batch_size']} does not split over {world} processes: "
+                            f"give a multiple of {world} (each rank trains batch-size / {world} rows)")
+        learner_class(config["model"]).check_parallel(runs.learner_options(config), config.get("parallel", "exact"))
+    device = runs.resolve_device(distributed.device_name(config["device"], group))
     torch.set_num_threads(config["threads"])
 
     corpus = runs.open_data(config["data"], config)
@@ -269,7 +322,7 @@ def run(args) -> int:
                         f"({len(saved.vocab)}): the training data changed since the run started")
     train = corpus.batches("train", vocab, config["protocol"], config["batch_size"], config["seq_len"], config["seed"])
     valid = corpus.batches("valid", vocab, config["protocol"], config["batch_size"], config["seq_len"], clamp=True)
-    if valid.unknown:
+    if valid.unknown and (group is None or group.main):
         print(f"tncn train: {valid.unknown:,} validation symbols are not in the training vocabulary; "
               f"they are read and scored as its unknown token", file=sys.stderr)
     if args.resume:
@@ -277,20 +330,35 @@ def run(args) -> int:
         set_rng_state(saved.rng)
     else:
         torch.manual_seed(config["seed"])
-        learner_class(config["model"]).check_fit(len(vocab), runs.learner_options(config), config["batch_size"])
+        learner_class(config["model"]).check_fit(len(vocab), runs.learner_options(config), config["batch_size"] // world)
         learner = build_learner(config["model"], runs.learner_options(config), len(vocab), device, config["seed"],
                                 frames)
         progress = Progress()
+    return _Setup(config, out, vocab, corpus, train, valid, learner, progress, ranks)
 
-    # every check has passed: from here on the run folder is written
-    out.mkdir(parents=True, exist_ok=True)
-    if runs.clean(out):
-        print(f"tncn train: removed the temporary files of a save that was killed in {out}", file=sys.stderr)
-    if args.force:  # only the run's own files, so an old checkpoint cannot outlive its config
-        for name in runs.FILES:
-            (out / name).unlink(missing_ok=True)
-    runs.write_config(out, config)
-    runs.write_metrics(out, progress.records)
+
+def _run(args, group) -> int:
+    setup, failure = None, None
+    try:
+        setup = _prepare(args, group)
+    except (UserError, OptionError, DataError) as err:
+        failure = err
+    digest = distributed.fingerprint(setup and setup.config, args.out, args.resume, args.force)
+    out = distributed.agree(group, failure, digest, setup and str(setup.out))
+    config, vocab, corpus, learner, progress = setup.config, setup.vocab, setup.corpus, setup.learner, setup.progress
+    train, valid, out = setup.train, setup.valid, Path(out)
+    frames = corpus.level == "frames"
+    main = group is None or group.main
+    if group is not None:  # the same start on every rank, then each rank's own saved state
+        group.mode, group.every, group.steps = config.get("parallel", "exact"), config.get("average_every", 1), progress.step
+        learner.distribute(group)
+        if setup.ranks is not None:
+            learner.load_rank_state(setup.ranks[group.rank]["learner"])
+            set_rng_state(setup.ranks[group.rank]["rng"])
+
+    # every check has passed: from here on the run folder is written (by rank 0)
+    if main:
+        _start_folder(out, config, progress, args.force)
     if frames:
         baseline, unit = corpus.mean_frame_bce(), "nats BCE/frame"
     else:
@@ -301,30 +369,42 @@ def run(args) -> int:
     key = f"valid_{learner.metric}"
 
     def plot(records: list) -> None:
-        runs.plot_curves(out, records, unit.replace("/", " per "), baseline, learner.metric)
+        if main:
+            runs.plot_curves(out, records, unit.replace("/", " per "), baseline, learner.metric)
         plotted[0] = time.perf_counter()
 
-    def save(p: Progress) -> None:
-        runs.save(out, config, vocab, learner, p)
+    def save(p: Progress) -> None:  # every rank hands its own state to rank 0, which writes
+        ranks = None if group is None else group.gather(
+            {"learner": learner.rank_state(group.mode == "average"), "rng": checkpoint.rng_state()})
+        if main:
+            runs.save(out, config, vocab, learner, p, ranks)
         saved_at[0] = p.step
 
     def on_record(record: dict, p: Progress) -> None:  # fit has checked the weights and the score
         save(p)
-        if record[key] <= min(r[key] for r in p.records):
-            runs.keep_best(out)
-        runs.append_metric(out, record)
+        if main:
+            if record[key] <= min(r[key] for r in p.records):
+                runs.keep_best(out)
+            runs.append_metric(out, record)
         if time.perf_counter() - plotted[0] > PLOT_EVERY_S:
             plot(p.records)
 
     stop = _StopFlag()
+    # a stop asked of one rank stops every rank after the same batch
+    requested = stop.requested if group is None else (lambda: group.any(stop.requested()))
+    budget, until = Budget(**{k: config.get(k) for k in BUDGET_KEYS}), None
+    if group is not None and budget.minutes is not None:  # the ranks' clocks differ: they stop together
+        budget, until = None, (lambda p, b=budget: group.any(b.spent(p)))
     try:
         with stop:
-            progress, stopped = fit(learner, train, valid, Budget(**{k: config.get(k) for k in BUDGET_KEYS}),
-                                    config["eval_every"], progress, on_record, stop.requested, baseline=baseline)
+            progress, stopped = fit(learner, train, valid, budget, config["eval_every"], progress, on_record,
+                                    requested, until=until, baseline=baseline, bar=main, verbose=main)
         if saved_at[0] != progress.step:  # stopped between validations
             check_weights(learner.model, progress.step)
             save(progress)
     except Diverged as err:
+        if not main:
+            return EXIT_STATUS
         if err.record is not None:
             runs.append_metric(out, {**err.record, "diverged": err.what})
         if progress.records:
@@ -339,10 +419,14 @@ def run(args) -> int:
     if progress.records:
         plot(progress.records)
     if stopped:
+        if not main:
+            return 130
         print(f"tncn train: stopped at step {progress.step}; continue with: tncn train --out {out} --resume",
               file=sys.stderr)
         return 130
 
+    if not main:
+        return 0
     last = progress.records[-1]
     if last[key] > baseline:
         print(f"tncn train: warning: the validation score {last[key]:.4f} is worse than the no-context baseline "
@@ -367,6 +451,18 @@ def run(args) -> int:
     print(prime + (" " if word else "") + sample)
     print(f"run saved in {out}")
     return 0
+
+
+def _start_folder(out: Path, config: dict, progress: Progress, force: bool) -> None:
+    """Make the run folder and write its config and the metrics so far."""
+    out.mkdir(parents=True, exist_ok=True)
+    if runs.clean(out):
+        print(f"tncn train: removed the temporary files of a save that was killed in {out}", file=sys.stderr)
+    if force:  # only the run's own files, so an old checkpoint cannot outlive its config
+        for name in runs.FILES:
+            (out / name).unlink(missing_ok=True)
+    runs.write_config(out, config)
+    runs.write_metrics(out, progress.records)
 
 
 def _check_budget_left(config: dict, p: Progress, explicit: dict, out: Path) -> None:

@@ -50,6 +50,14 @@ class; a worked example is docs/adding_a_learner.md.
 ``self.size``, ``self.frames`` and ``self.generator``), ``_segment(batch, learn, correction)``,
 ``_next_logits(ids, start)``, ``_predict_frames(frames, correction)`` (frames only),
 ``carry_state()`` / ``load_carry_state(state)``, and ``n_params`` where it can.
+
+**Data parallelism** (``tncn.distributed``, under torchrun): ``distribute(group)`` makes every
+``train_segment`` and ``eval_segment`` run on the rank's shard of the batch and return the global
+tally (under ``average``, evaluation scores rank 0's weights, the ones a checkpoint keeps). In ``exact`` mode a learner that declares ``data_parallel`` (how its ranks combine into the
+one-process update) implements the hook ``_exact_parallel(group)``; under ``average`` (local SGD)
+any learner trains on its shard and the parameters are averaged every k steps.
+``rank_state(whole)`` / ``load_rank_state(d)`` are what differs between the ranks (the carried
+state and the random state; ``whole``: everything, for average mode), saved per rank.
 """
 from __future__ import annotations
 
@@ -59,7 +67,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
-from tncn import options as opts
+from tncn import distributed, options as opts
 from tncn.errors import UserError
 from tncn.metrics import Tally, score_frames, score_logits
 from tncn.optim import LazyOptimizer
@@ -111,6 +119,7 @@ class SequenceLearner(abc.ABC):
     has_correction: ClassVar[bool] = False
     autograd: ClassVar[bool] = False
     depth: ClassVar[Optional[int]] = None
+    data_parallel: ClassVar[Optional[str]] = None  # how exact data parallelism combines the ranks
 
     def __init__(self, options: dict, size: int, device="cpu", seed: int = 0, frames: bool = False):
         """A fresh learner for token ids (``size``: the vocabulary) or frames (``size``: pixels per
@@ -125,7 +134,8 @@ class SequenceLearner(abc.ABC):
         self.metric = "bce" if self.frames else "bpc"
         self._score = score_frames if self.frames else score_logits
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         try:
             self.model: nn.Module = self.build().to(self.device)
         except ValueError as err:  # an impossible combination of options the model refuses
@@ -133,6 +143,7 @@ class SequenceLearner(abc.ABC):
         self._opt = LazyOptimizer(self.options, self.param_groups)
         self._mode = "train"
         self._stash = None  # (carried training state, generator state) while evaluating or sampling
+        self.group = None  # the ranks this learner trains with (tncn.distributed.Group), None: alone
 
     # ------------------------------------------------------------------ declarations
 
@@ -173,6 +184,14 @@ class SequenceLearner(abc.ABC):
         (RTRL's influence matrices); called before a run writes anything. Default: every size fits."""
 
     @classmethod
+    def check_parallel(cls, options: dict, mode: str) -> None:
+        """Refuse, with a one-line UserError, to train with ``options`` in the data-parallel
+        ``mode`` (``tncn.distributed``); called before a run writes anything."""
+        if mode == "exact" and cls.data_parallel is None:
+            raise UserError(f"model {cls.name} has no exact data-parallel rule; train it with --parallel average "
+                            f"(local SGD)")
+
+    @classmethod
     def training_label(cls, options: dict) -> str:
         """How it learns, for tables."""
         return "BPTT" if cls.autograd else "local rule (no autograd)"
@@ -206,6 +225,10 @@ class SequenceLearner(abc.ABC):
     @abc.abstractmethod
     def load_carry_state(self, state) -> None:
         """Restore what ``carry_state`` returned (None: no state; the next batch starts sequences)."""
+
+    def _exact_parallel(self, group) -> None:
+        """Combine the ranks' updates into the one-process update (learners with ``data_parallel``)."""
+        raise NotImplementedError
 
     def param_groups(self):
         """What the optimizer updates: the model's parameters (a learner may give groups with
@@ -245,16 +268,55 @@ class SequenceLearner(abc.ABC):
 
     def train_segment(self, batch) -> Tally:
         self._enter("train")
+        g = self.group
         with torch.set_grad_enabled(self.autograd):
-            tally = self._segment(batch, learn=True)
+            tally = self._segment(batch if g is None else distributed.shard(batch, g), learn=True)
         self._opt.advance()
-        return tally
+        if g is None:
+            return tally
+        g.steps += 1
+        if g.mode == "average":
+            g.average(self.model, g.steps)
+        return g.tally(tally)
 
     @torch.no_grad()
     def eval_segment(self, batch, correction: bool = True) -> Tally:
         self._check_correction(correction)
         self._enter("eval")
-        return self._segment(batch, learn=False, correction=correction)
+        g = self.group
+        if g is None:
+            return self._segment(batch, learn=False, correction=correction)
+        if g.mode == "average":  # the ranks' weights differ between averagings: rank 0's (the saved ones) score
+            return g.share(self._segment(batch, learn=False, correction=correction) if g.main else Tally())
+        return g.tally(self._segment(distributed.shard(batch, g), learn=False, correction=correction))
+
+    def distribute(self, group) -> None:
+        """Train with the ranks of ``group`` (``tncn.distributed``): rank 0's weights on every
+        rank, a noise generator seeded with seed + rank on each rank > 0, and in ``exact`` mode
+        the learner's own way of combining the ranks' updates."""
+        self.check_parallel(self.options, group.mode)
+        group.same_start(self.model)
+        if group.rank:
+            self.generator.manual_seed(self.seed + group.rank)
+        self.group = group
+        if group.mode == "exact":
+            self._exact_parallel(group)
+
+    def rank_state(self, whole: bool) -> dict:
+        """What differs between the ranks: the carried state and the random state (``whole``:
+        the whole ``state_dict``, as ranks that average their weights only now and then need)."""
+        if whole:
+            return self.state_dict()
+        carry, gen = (self.carry_state(), self.generator.get_state()) if self._mode == "train" else self._stash
+        return {"carry": carry, "generator": gen}
+
+    def load_rank_state(self, d: dict) -> None:
+        if "model" in d:
+            self.load_state_dict(d)
+            return
+        self._mode, self._stash = "train", None
+        self.load_carry_state(d["carry"])
+        self.generator.set_state(d["generator"])
 
     @torch.no_grad()
     def sample(self, prime: torch.Tensor, length: int, temperature: float, generator: torch.Generator) -> torch.Tensor:

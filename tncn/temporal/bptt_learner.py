@@ -26,6 +26,11 @@ Observations are token ids [T, B] (softmax output, loss: cross-entropy) or video
 cross-entropy summed over the pixels of a frame; scored as BCE per frame). The loss of a window
 is the mean over its scored positions; ``clip_grad`` clips the total gradient norm
 (``torch.nn.utils.clip_grad_norm_``; 0: off). Evaluation has no correction phase to switch off.
+
+Under torchrun (``tncn.distributed``, ``--parallel exact``) training runs through
+``DistributedDataParallel``: each rank's loss is its shard's summed loss over the window's
+*global* scored count, times N (DDP averages the N ranks' gradients), so the reduced gradient,
+its clipping and the step equal the one-process ones on the global batch.
 """
 from __future__ import annotations
 
@@ -80,7 +85,16 @@ class BPTTLearner(SequenceLearner):
 
     def __init__(self, *args, **kwargs):
         self._carry: Optional[tuple] = None  # (state, pending id [B]) carried to the next batch
+        self._ddp = None  # the model under DistributedDataParallel (exact data parallelism)
         super().__init__(*args, **kwargs)
+
+    data_parallel = "DistributedDataParallel (gradients averaged by all-reduce in the backward)"
+
+    def _exact_parallel(self, group) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     def param_groups(self):
         """With ``lr_width`` w: each weight matrix whose fan-in n exceeds w learns at lr·w/n, the
@@ -141,9 +155,14 @@ class BPTTLearner(SequenceLearner):
         K = max(steps, 1) if self.options["bptt"] == "full" else self.options["bptt"]
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
-        for s in range(0, steps, K):
-            n = int(score_cpu[s:s + K].sum())
-            top, state = self.model(inputs[s:s + K], state)
+        windows = range(0, steps, K)
+        counts = [int(score_cpu[s:s + K].sum()) for s in windows]
+        world = 1
+        if learn and self._ddp is not None:  # every rank divides by the global count (the same windows learn)
+            counts, world = self.group.counts(counts), self.group.world
+        forward = self._ddp if learn and self._ddp is not None else self.model
+        for s, n in zip(windows, counts):
+            top, state = forward(inputs[s:s + K], state)
             logits = self.model.logits(top).reshape(-1, self.size)
             y = targets[s:s + K].reshape(len(logits), -1) if self.frames else targets[s:s + K].reshape(-1)
             m = score[s:s + K].reshape(-1)
@@ -156,7 +175,7 @@ class BPTTLearner(SequenceLearner):
                         logits.float(), y.float(), reduction="none").sum(1)
                 else:
                     nats = nn.functional.cross_entropy(logits.float(), y, reduction="none")
-                loss = (nats * m).sum() / n
+                loss = (nats * m).sum() * world / n
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.options["clip_grad"] > 0:

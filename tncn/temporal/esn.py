@@ -31,6 +31,8 @@ by the scored count, as P-TNCN's updates are: at the end of a batch of sentences
 few rows are left, Adam would otherwise take full-sized steps on one or two sentences and throw
 the readout off (seen on PTB). No graph is unrolled; memory is flat in sequence length. (The classic least-squares readout fitted
 after the run minimises squared error, which gives no bits per symbol, and is not online.)
+Under exact data parallelism (``tncn.distributed``) each rank divides by the global B and one
+all-reduce sums the shards' readout gradients before the step: the one-process step.
 """
 from __future__ import annotations
 
@@ -110,6 +112,8 @@ class ESN(SequenceLearner):
     name = "esn"
     label = "ESN"
     depth = 1
+    data_parallel = "one SUM all-reduce of the readout's step gradient (each shard's over the global B)"
+    _sync = None  # the ranks whose gradients are summed (tncn.distributed.Group), set by distribute
     OPTIONS = (
         hidden_option([1000], "widths of the reservoirs (one: the classic ESN; more: stacked reservoirs)"),
         Option("leak", FLOAT, 1.0, "leak rate a of the units (1: none)", check=in_range(0.0, 1.0),
@@ -154,11 +158,21 @@ class ESN(SequenceLearner):
 
     # ------------------------------------------------------------------ segments
 
+    def _exact_parallel(self, group) -> None:
+        self._sync = group
+
     def _learn(self, features: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                rows: torch.Tensor) -> None:
         """Write the readout's gradient of this step's loss into ``param.grad``; step. ``weight``
         [B, 1] is s_t / B, ``rows`` the row indices (both made once a segment)."""
         readout_grad(self.model.readout, features, logits, x, weight, rows, self.frames)
+        if self._sync is not None:  # the shards' gradients, each over the global B, summed
+            grads = [p.grad for p in self.model.readout.parameters()]
+            flat = self._sync.all_reduce_(torch.cat([g.reshape(-1) for g in grads]))
+            at = 0
+            for g in grads:
+                g.copy_(flat[at:at + g.numel()].view_as(g))
+                at += g.numel()
         self.opt.step()
 
     def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:
@@ -167,10 +181,13 @@ class ESN(SequenceLearner):
             self._h = self.model.zero_state(x.shape[1])
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
+        counts, rows_total = batch.score.sum(dim=1).tolist(), x.shape[1]
+        if learn and self._sync is not None:  # every rank learns at the steps where any row is scored
+            counts, rows_total = self._sync.counts(counts), self._sync.rows
         if learn:
-            weight = score.to(self.model.readout.weight.dtype).unsqueeze(2) / x.shape[1]  # s_t / B, [T, B, 1]
+            weight = score.to(self.model.readout.weight.dtype).unsqueeze(2) / rows_total  # s_t / B, [T, B, 1]
             rows = torch.arange(x.shape[1], device=self.device)
-        for t, n in enumerate(batch.score.sum(dim=1).tolist()):
+        for t, n in enumerate(counts):
             if n:
                 features = self.model.features(self._h)
                 logits = self.model.readout.pre(features)

@@ -30,6 +30,10 @@ A reset starts the state and the trace at zero. Padding (mask 0) is no symbol at
 their state and trace, and they score and learn nothing. Nothing is unrolled: memory is the trace's
 (see each learner), flat in sequence length. Evaluation runs steps 1 and 4 without the trace.
 
+Exact data parallelism (``tncn.distributed``): each rank scales its shard's step gradient by the
+global B, one all-reduce sums the shards', and the clip and the step follow as in one process
+(for RTRL and SnAp-1 the one-process run, to float rounding; UORO draws its random signs per rank).
+
 A learner's file defines its ``Trace`` (the influence it keeps) and a ``OnlineLearner`` subclass
 naming it. ``summed_gradient(batches)`` runs segments with every weight fixed and returns the sum of
 the step gradients: the oracle tests compare it with autograd BPTT of the summed loss.
@@ -161,6 +165,7 @@ class OnlineLearner(SequenceLearner):
         self._h: Optional[list] = None  # the carried state s
         self._trace: Optional[Trace] = None
         self._sum: Optional[dict] = None  # summed_gradient's accumulator
+        self._sync = None  # the ranks whose step gradients are summed (tncn.distributed.Group)
         super().__init__(*args, **kwargs)
         self._theta = [p for _, p in recurrent_params(self.model)]
 
@@ -200,12 +205,26 @@ class OnlineLearner(SequenceLearner):
 
     # ------------------------------------------------------------------ steps
 
+    data_parallel = "one SUM all-reduce of the step's gradient (each shard's over the global B), then the clip"
+
+    def _exact_parallel(self, group) -> None:
+        self._sync = group
+
     def _apply(self) -> None:
-        """The step's gradient is in ``param.grad``: clip and step (or add it to the sum)."""
+        """The step's gradient is in ``param.grad``: clip and step (or add it to the sum). Under
+        exact data parallelism the shards' gradients (each already over the global B) are summed
+        by one all-reduce first, so the clip and the step are the one-process ones."""
         if self._sum is not None:
             for name, p in self.model.named_parameters():
                 self._sum[name] += p.grad
             return
+        if self._sync is not None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            flat = self._sync.all_reduce_(torch.cat([g.reshape(-1) for g in grads]))
+            at = 0
+            for g in grads:
+                g.copy_(flat[at:at + g.numel()].view_as(g))
+                at += g.numel()
         if self.options["clip_grad"] > 0:  # the estimate only: the readout's gradient is exact
             nn.utils.clip_grad_norm_(self._theta, self.options["clip_grad"])
         self.opt.step()
@@ -220,11 +239,14 @@ class OnlineLearner(SequenceLearner):
             self._trace = self.trace(self.model, B, self)
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
+        counts, rows_total = batch.score.sum(dim=1).tolist(), B
+        if learn and self._sync is not None:  # every rank learns at the steps where any row is scored
+            counts, rows_total = self._sync.counts(counts), self._sync.rows
         if learn:
-            weight = score.to(self.model.head.weight.dtype).unsqueeze(2) / B  # s_t / B, [T, B, 1]
+            weight = score.to(self.model.head.weight.dtype).unsqueeze(2) / rows_total  # s_t / B, [T, B, 1]
             rows = torch.arange(B, device=self.device)
         full = batch.mask.bool().all(dim=1).tolist()  # on the CPU: no device sync per step
-        for t, n in enumerate(batch.score.sum(dim=1).tolist()):
+        for t, n in enumerate(counts):
             if n:
                 top = self._h[-1]
                 logits = self.model.head.pre(top)

@@ -30,7 +30,9 @@ One time step:
    ΔV^l = y^{lᵀ}_{t-1} ε^l, ΔU^l = y^{l+1ᵀ}_{t-1} ε^l, and ΔE^l = γ (ΔW^l)ᵀ or the temporal rule
    ΔE^l = -γ e^{l-1ᵀ}(ε^l_t - ε^l_{t-1}); each clipped to Frobenius norm ``clip`` and divided by B,
    then written into ``param.grad`` for any ``torch.optim`` optimizer (the reference one is
-   ``SGD(lr=0.075, momentum=0.95, nesterov=True)``).
+   ``SGD(lr=0.075, momentum=0.95, nesterov=True)``). Across the ranks of a data-parallel run
+   (``sync``, ``tncn.distributed``) the same order holds on the global batch: each rank's
+   unscaled sums are summed by one all-reduce, then clipped, ΔE formed and divided by the global B.
 5. carry y^l_t and x_t to t+1.
 
 ``train_step`` runs steps 1-5 in one call (steps 1-4 as the pure function ``_fused``), which
@@ -166,6 +168,8 @@ class PTNCN(nn.Module):
         self._hyp: Optional[dict] = None
         self._last: Optional[dict] = None
         self._compiled = None  # torch.compile'd _fused, after compile_step()
+        self.sync = None  # the ranks whose updates are summed (tncn.distributed.Group), None: alone
+        self._flat = None  # (names, flat buffer, views): the summed updates under ``sync``
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -419,25 +423,11 @@ class PTNCN(nn.Module):
         operation, and each product is written once, already scaled: into ``out(name)`` (a reused
         buffer) when given, else into a new tensor.
         """
+        jobs = self._jobs(z, e, eps, y_prev, x_prev, eps_prev)
+        if self.sync is not None:
+            return self._reduced_updates(jobs, m_prev)
         B = z[1].shape[0]
         transpose_rule = self.e_rule == "transpose"
-        # factors of each update: (parameter name, A, A's key, B, B's key, sign·γ)
-        jobs = []
-        for l in range(1, self.L + 1):
-            if l == 1:
-                err, err_key = e[0], ("e", 0)
-            elif self.w_error == "epsilon":
-                err, err_key = eps[l - 1], ("eps", l - 1)
-            else:
-                err, err_key = e[l - 1], ("e", l - 1)
-            jobs.append((f"W{l}", z[l], ("z", l), err, err_key, 1.0))
-            if not transpose_rule:
-                diff = eps[l] - eps_prev[l]
-                jobs.append((f"E{l}", diff, ("diff", l), e[l - 1], ("e", l - 1), -self.gamma))
-            jobs.append((f"M{l}", x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
-            jobs.append((f"V{l}", y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
-            if self._w("U", l) is not None:
-                jobs.append((f"U{l}", y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
         grams = {}
         for _, A, ka, Bm, kb, _ in jobs:
             for key, t in ((ka, A), (kb, Bm)):
@@ -462,6 +452,64 @@ class PTNCN(nn.Module):
                 if kind == "z":
                     factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
                     grads[f"E{l}"] = torch.mul(grads[name], factor, out=None if out is None else out(f"E{l}"))
+        return grads
+
+    def _jobs(self, z, e, eps, y_prev, x_prev, eps_prev) -> list:
+        """The factors of each update Aᵀ B: (parameter name, A, A's key, B, B's key, sign·γ)."""
+        transpose_rule = self.e_rule == "transpose"
+        jobs = []
+        for l in range(1, self.L + 1):
+            if l == 1:
+                err, err_key = e[0], ("e", 0)
+            elif self.w_error == "epsilon":
+                err, err_key = eps[l - 1], ("eps", l - 1)
+            else:
+                err, err_key = e[l - 1], ("e", l - 1)
+            jobs.append((f"W{l}", z[l], ("z", l), err, err_key, 1.0))
+            if not transpose_rule:
+                diff = eps[l] - eps_prev[l]
+                jobs.append((f"E{l}", diff, ("diff", l), e[l - 1], ("e", l - 1), -self.gamma))
+            jobs.append((f"M{l}", x_prev if l == 1 else y_prev[l - 1], ("y", l - 1), eps[l], ("eps", l), 1.0))
+            jobs.append((f"V{l}", y_prev[l], ("y", l), eps[l], ("eps", l), 1.0))
+            if self._w("U", l) is not None:
+                jobs.append((f"U{l}", y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
+        return jobs
+
+    def _reduced_updates(self, jobs: list, m_prev: Tensor) -> dict:
+        """Step 4 across the ranks of ``self.sync`` (``tncn.distributed``), in the one-process order:
+        each rank writes the unscaled batch sums Aᵀ B of its shard into one flat buffer (the views
+        are the ``param.grad``s), one SUM all-reduce, then every rank clips each summed update,
+        forms ΔE^l = γ clip(γ clip(ΔW^l)ᵀ) from the reduced ΔW^l (so E's updates never travel) and
+        divides by the global batch ``sync.rows``; padded rows (mask 0) add nothing."""
+        names = [j[0] for j in jobs]
+        if self._flat is None or self._flat[0] != names:
+            flat = torch.empty(sum(getattr(self, n).numel() for n in names), dtype=self.W1.dtype, device=self.W1.device)
+            views, at = {}, 0
+            for n in names:
+                prm = getattr(self, n)
+                views[n] = flat[at:at + prm.numel()].view_as(prm)
+                at += prm.numel()
+            self._flat = (names, flat, views)
+        _, flat, grads = self._flat
+        for name, A, ka, Bm, _, sign in jobs:
+            g = grads[name]
+            if ka == ("y", 0) and self.tokens:
+                g.zero_().index_add_(0, A, Bm * (m_prev * sign).unsqueeze(1))
+            else:
+                torch.mm(A.T, Bm if sign == 1.0 else Bm * sign, out=g)
+        self.sync.all_reduce_(flat)
+        grads = dict(grads)
+        norms = torch.stack([torch.linalg.vector_norm(grads[n]) for n in names])
+        clipped = self._clip_factor(norms)
+        scales = clipped * (1.0 / self.sync.rows)
+        for k, n in enumerate(names):
+            grads[n].mul_(scales[k])
+            getattr(self, n).grad = grads[n]
+        if self.e_rule == "transpose":
+            for k, (name, _, (kind, l), _, _, _) in enumerate(jobs):
+                if kind == "z":
+                    factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
+                    grads[f"E{l}"] = torch.mul(grads[name], factor, out=self._grad_out(f"E{l}"))
         return grads
 
     def _clip_factor(self, norm: Tensor) -> Tensor:

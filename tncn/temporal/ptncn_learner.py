@@ -11,11 +11,16 @@ Options: ``hidden`` and the ``PTNCN`` constructor's model options, whose default
 ``PTNCN`` itself (the reference behaviour), the optimizer (the reference: Nesterov SGD, lr 0.075,
 momentum 0.95) and ``compile`` (run each training step as one ``torch.compile`` graph,
 ``PTNCN.compile_step``; the same numbers up to float rounding).
+
+Exact data parallelism (``tncn.distributed``): ``distribute`` hands the model the rank group, and
+each step's updates are summed over the ranks before the clip, ΔE and the division by the global
+batch (``PTNCN._reduced_updates``); not with ``compile``.
 """
 from __future__ import annotations
 
 import torch
 
+from tncn.errors import UserError
 from tncn.layers import ACTIVATIONS, INITIALISERS
 from tncn import space
 from tncn.metrics import Tally
@@ -63,6 +68,7 @@ class PTNCNLearner(SequenceLearner):
     name = "ptncn"
     label = "P-TNCN"
     has_correction = True
+    data_parallel = "one SUM all-reduce of the shards' summed local updates, then the clip, ΔE and 1/B on every rank"
     OPTIONS = (hidden_option([1000, 1000], "widths of the latent layers, any L ≥ 1 (the reference: 1000,1000)"),
                *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075, tune=("nesterov", "adam")), *SCHEDULE,
                Option("compile", BOOL, False, "run each training step as one torch.compile graph (compiling takes "
@@ -78,6 +84,16 @@ class PTNCNLearner(SequenceLearner):
             if options["top_down"] and l < len(hidden):
                 total += sizes[l + 1] * sizes[l]  # U
         return total
+
+    @classmethod
+    def check_parallel(cls, options: dict, mode: str) -> None:
+        super().check_parallel(options, mode)
+        if mode == "exact" and options["compile"]:
+            raise UserError("--compile does not run under torchrun with --parallel exact: the all-reduce of the "
+                            "updates sits inside the compiled step; train eagerly")
+
+    def _exact_parallel(self, group) -> None:
+        self.model.sync = group
 
     def build(self) -> PTNCN:
         o = self.options
