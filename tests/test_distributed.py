@@ -75,6 +75,46 @@ def _learn(rank, world, store, name, options, mode, every) -> dict:
         distributed.stop(group)
 
 
+# --------------------------------------------------------------------------- feedforward classifiers
+
+CLASSIFIERS = {"fa": {}, "dfa": {}, "lra-e": {}, "ep": {"estimator": "random-sign", "tolerance": 1e-30},
+               "dtp": {}}
+"""Rules fitted on 2 ranks (ep: no early stop, so its phases run fixed step counts; its random
+sign and persistent particles must match one process; dtp draws its noise per rank)."""
+N_TRAIN, BATCH = 25, 8  # batches of 8, 8, 8 and 1 row: on the last, rank 1 has none
+
+
+def _classification_data():
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(N_TRAIN + 10, 6, generator=g), torch.randint(0, 3, (N_TRAIN + 10,), generator=g)
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+def _fit_classifier(rule, options, group=None) -> dict:
+    from tncn import learners
+    from tncn.mlp import MLP, fit
+
+    gen = torch.Generator().manual_seed(0)
+    net = MLP([6, 10, 8, 3], activation=learners.LEARNERS[rule].activation or "tanh", generator=gen)
+    learner = learners.make(rule, net, seed=0, **options)
+    if group is not None:
+        distributed.classify_start(learner, group)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.2)
+    train, valid = _classification_data()
+    curve = fit(learner, optimizer, train, valid, 2, BATCH, gen, progress=False, log=lambda line: None, group=group)
+    seeds = {k for k, _ in learner.named_buffers() if k.endswith("seed")}  # UnitNoise: each rank its own
+    return {"params": {k: v.clone() for k, v in learner.state_dict().items() if k not in seeds}, "curve": curve,
+            "seeds": {k: int(learner.state_dict()[k]) for k in seeds}}
+
+
+def _fit_classifiers(rank, world, store) -> dict:
+    group = distributed.start(f"file://{store}", rank, world, timeout=TIMEOUT)
+    try:
+        return {rule: _fit_classifier(rule, options, group) for rule, options in CLASSIFIERS.items()}
+    finally:
+        distributed.stop(group)
+
+
 def _worker(rank, world, outdir, ports, argvs):
     """Every 2-rank run of this file in one pair of processes (each start costs seconds of imports):
     the learner scenarios, then each command line in ``argvs`` (a list per rank) as torchrun starts
@@ -83,6 +123,7 @@ def _worker(rank, world, outdir, ports, argvs):
 
     torch.set_num_threads(1)
     learned = {key: _learn(rank, world, os.path.join(outdir, f"store-{key}"), *args) for key, args in SCENARIOS.items()}
+    learned["classifiers"] = _fit_classifiers(rank, world, os.path.join(outdir, "store-classifiers"))
     torch.save(learned, os.path.join(outdir, f"r{rank}.pt"))
     results = []
     for port, argv in zip(ports, argvs[rank]):
@@ -133,9 +174,36 @@ def runs(tmp_path_factory):
             _train(corpus, d["cuda"], "--steps", "2", "--device", "cuda")]
     argvs = [same + [_train(corpus, d["differ"], "--steps", "2")],
              same + [_train(corpus, d["differ"], "--steps", "2", "--seed", "1")]]
+    images = _write_images(tmp / "images")
+    for argv in argvs:
+        argv += [_classify(images, "--json", str(tmp / "classify.json"), "--out", str(tmp / "classify-run")),
+                 _classify(images, "--batch-size", "15", "--json", str(tmp / "odd.json"))]
     mp.spawn(_worker, args=(2, str(tmp), [_free_port() for _ in argvs[0]], argvs), nprocs=2, join=True)
     return {"learned": [torch.load(tmp / f"r{r}.pt", weights_only=True) for r in range(2)],
-            "cli": [json.loads((tmp / f"cli{r}.json").read_text()) for r in range(2)], "dirs": d, "corpus": corpus}
+            "cli": [json.loads((tmp / f"cli{r}.json").read_text()) for r in range(2)], "dirs": d, "corpus": corpus,
+            "tmp": tmp, "images": images}
+
+
+def _write_images(folder) -> str:
+    """A 3-class problem of 6x6 images in IDX files (tests/test_classify_cli.py's)."""
+    import numpy as np
+    from test_images import write_idx
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 90), ("t10k", 30)):
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
+        imgs[np.arange(n), labels * 2, :] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    return str(folder)
+
+
+def _classify(images, *extra) -> list:
+    """70 training examples in batches of 20: the last batch of 10 rows splits 5 and 5."""
+    return ["classify", "--rule", "fa", "--data", images, "--valid", "20", "--hidden", "12,12", "--batch-size", "20",
+            "--epochs", "2", "--no-progress", *extra]
 
 
 def _alone(name, options, batches) -> dict:
@@ -256,7 +324,7 @@ def test_resume_of_local_sgd_restores_every_rank(runs):
 
 def test_bad_input_is_one_line_on_rank_zero_and_every_rank_fails(runs):
     """A batch that 2 ranks cannot split, NCCL (--device cuda) without CUDA, ranks with other options."""
-    zero, one = (r[6:] for r in runs["cli"])
+    zero, one = (r[6:9] for r in runs["cli"])
     assert [s for s, _ in zero] == [s for s, _ in one] == [2, 2, 2]
     assert all(err == "" for _, err in one)
     said = [err.strip().splitlines() for _, err in zero]
@@ -277,3 +345,73 @@ def test_torchrun_trains_one_run_folder(tmp_path):
     assert done.stdout.count("run saved in") == 1
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- tncn classify
+
+@pytest.mark.parametrize("rule", [r for r in CLASSIFIERS if r != "dtp"])
+def test_classifier_two_ranks_equal_one_rank(runs, rule):
+    """FA, DFA, LRA-E and EP (random sign, persistent particles): 2 ranks x B/2 = 1 rank x B, over two
+    epochs of four batches whose last has one row (rank 1 none)."""
+    ranks = [r["classifiers"][rule] for r in runs["learned"]]
+    ref = _fit_classifier(rule, CLASSIFIERS[rule])
+    assert _bit_identical(ranks[0]["params"], ranks[1]["params"])
+    assert _max_diff(ranks[0]["params"], ref["params"]) < 1e-5
+    for got, want in zip(ranks[0]["curve"], ref["curve"]):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert got["valid_error"] == want["valid_error"]
+        assert ("discrepancy" in got) == ("discrepancy" in want)
+        if "discrepancy" in got:
+            assert got["discrepancy"] == pytest.approx(want["discrepancy"], rel=1e-5)
+    timeless = [[{k: v for k, v in c.items() if k != "seconds"} for c in r["curve"]] for r in ranks]
+    assert timeless[0] == timeless[1]
+
+
+def test_classifier_with_noise_per_rank_stays_identical(runs):
+    """DTP's corruption is drawn per rank (the one-process run's only in distribution); the ranks agree."""
+    ranks = [r["classifiers"]["dtp"] for r in runs["learned"]]
+    assert _bit_identical(ranks[0]["params"], ranks[1]["params"])
+    assert ranks[0]["seeds"] == {"units.seed": 1, "noise_stream.seed": 2}
+    assert ranks[1]["seeds"] == {"units.seed": 1 + distributed.STRIDE, "noise_stream.seed": 2 + distributed.STRIDE}
+
+
+def test_classify_under_torchrun_writes_once_and_equals_one_process(runs, tmp_path):
+    from tncn.cli import main
+
+    zero, one = (r[-2] for r in runs["cli"])
+    assert zero[0] == one[0] == 0 and one[1] == ""
+    got = json.loads((runs["tmp"] / "classify.json").read_text())
+    assert got["world_size"] == 2 and (runs["tmp"] / "classify-run" / "model.pt").is_file()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(_classify(runs["images"], "--json", str(tmp_path / "one.json"))) == 0
+    want = json.loads((tmp_path / "one.json").read_text())
+    assert want["world_size"] == 1
+    assert got["test_error"] == want["test_error"]
+    assert [p["train_loss"] for p in got["curve"]] == pytest.approx([p["train_loss"] for p in want["curve"]], rel=1e-5)
+
+
+def test_classify_bad_batch_is_one_line_on_rank_zero(runs):
+    (s0, err0), (s1, err1) = (r[-1] for r in runs["cli"])
+    assert s0 == s1 == 2 and err1 == ""
+    (line,) = err0.strip().splitlines()
+    assert "--batch-size 15 does not split over 2 processes" in line
+    assert not (runs["tmp"] / "odd.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_classifies_once(tmp_path):
+    from pathlib import Path
+
+    images = _write_images(Path(tmp_path) / "images")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tncn",
+           *_classify(images, "--json", str(tmp_path / "r.json"))]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test error") == 1
+    assert json.loads((tmp_path / "r.json").read_text())["world_size"] == 2
+
+
+def test_rows_of_a_short_batch():
+    """Contiguous rows, ceil(b/N) per rank: the last ranks of a short batch get fewer, or none."""
+    assert [distributed.rows_of(8, distributed.Group(r, 2)) for r in range(2)] == [(0, 4), (4, 8)]
+    assert [distributed.rows_of(5, distributed.Group(r, 4)) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]

@@ -1,4 +1,5 @@
-"""Data-parallel training of sequence learners under ``torchrun`` (torch.distributed).
+"""Data-parallel training under ``torchrun`` (torch.distributed): sequence learners (``tncn
+train``) and feedforward classifiers (``tncn classify``, at the end of this module).
 
 Each of the N processes (ranks) of ``torchrun --nproc_per_node=N -m tncn train ...`` builds the
 same global batches as a one-process run and trains on its contiguous shard of the B rows
@@ -24,6 +25,37 @@ and recurrent state lives in plain tensors, never in module buffers that DDP wou
 Bad input is decided together (``agree``): every rank checks its options, the ranks compare a
 hash of their resolved options, and any failure is said once, by rank 0, in one line, while every
 rank exits non-zero before anything is written. Only rank 0 writes the run folder.
+
+``tncn classify`` (``tncn.mlp.fit`` with ``group``) is exact data parallelism of the feedforward
+rules (``classify_step``). Every rank holds the whole data set, draws the same global batch order
+from the same generator and steps on its contiguous rows [lo, hi) of each global batch of b rows
+(``rows_of``: ⌈b/N⌉ per rank, so the last short batch of an epoch gives the last ranks fewer rows,
+or none; a rank with none steps on one row weighted 0, so that every rank draws alike). Each rule
+writes the batch-MEAN update ḡ_r of its n_r rows into ``.grad``; one flat SUM all-reduce of
+n_r·ḡ_r over every ``.grad`` (with the loss and the local discrepancy) and a division by b give
+
+    ∂θ = Σ_r n_r ḡ_r / b = (1/b) Σ_{i ∈ batch} g_i(θ),
+
+the one-process update on the global batch, to float rounding, wherever the rule's update is a
+mean of per-example terms g_i that depend on the example and the shared weights alone. Every
+rule here writes such a mean (DTP's targets use the per-example step η̂ e^L W^{Lᵀ}, its forward
+and inverse updates are means over the batch; LRA's refined targets are per example; EP's
+∂E/∂θ is a batch mean of per-state terms), and it is exact for deterministic units with: bp,
+FA, DFA, LRA-E with absolute targets (``--target-scale absolute``, "auto" for differentiable
+units), LRA without ``--clip``, and EP and CHL when no relaxation stops early (a ``--tolerance``
+below every step's move: the phases then run their fixed step counts). Not exact, but still one
+well-defined run: batch statistics (LRA-E's relative targets, "auto" for two-valued units, use
+each shard's rms; dtp-sigma's adaptive σ each shard's spread; LRA's ``--clip`` clips each
+shard's mean before the sum; EP/CHL's early stop is decided per shard) and fresh random draws:
+stochastic units, DTP's corruption ε (so DTP's inverses, and through them its targets) and the
+RBM's Gibbs samples come from each rank's ``UnitNoise`` streams, reseeded with seed +
+rank·``STRIDE`` after the broadcast (rank 0 keeps the seed's), so they match the one-process run
+in distribution, not draw for draw. EP's random sign of β is one draw per global batch from the seed's generator
+on every rank, as one process draws it; its persistent particles are per training example, so
+after every step the ranks all-gather the particles of the global batch (``share_particles``)
+and every rank holds what one process would. The weights and fixed random matrices are
+broadcast from rank 0 at the start (``Group.same_start``); the optimizer then takes the same step
+on every rank and the ranks' weights stay bit-identical.
 """
 from __future__ import annotations
 
@@ -214,3 +246,81 @@ def shard(batch, group: Group):
         return torch.cat([part, pad], dim=1)
 
     return Batch(take(batch.tokens), take(batch.mask), take(batch.score), batch.reset)
+
+
+# --------------------------------------------------------------------------- feedforward classifiers
+
+STRIDE = 1_000_003
+"""Rank r's ``UnitNoise`` streams start from their seed + r·STRIDE (a learner's streams are
+seeded seed + 1, seed + 2, ...: a stride this large keeps the ranks' streams apart)."""
+
+
+def rows_of(b: int, group: Group) -> tuple[int, int]:
+    """Rank ``group.rank``'s contiguous rows [lo, hi) of a global batch of ``b`` rows (⌈b/N⌉ each,
+    fewer or none for the last ranks of a short batch)."""
+    width = -(-b // group.world)
+    return min(group.rank * width, b), min((group.rank + 1) * width, b)
+
+
+def classify_start(learner: torch.nn.Module, group: Group) -> None:
+    """Rank 0's weights and fixed matrices on every rank, then each rank's own noise streams."""
+    from tncn.learners.base import UnitNoise
+
+    group.same_start(learner)
+    for module in learner.modules():
+        if isinstance(module, UnitNoise):
+            module.seed += group.rank * STRIDE
+
+
+def classify_step(learner, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, group: Group,
+                  indexed: bool) -> torch.Tensor:
+    """One exact data-parallel step on the global batch (x, y) of training rows ``idx``: the rank
+    steps on its rows, then every ``.grad`` (and ``learner.discrepancy``) becomes the global mean
+    Σ_r n_r ḡ_r / b; returns the global mean loss. Parameters without a ``.grad`` (DTP's other
+    phase) are the same on every rank and stay without one."""
+    b = len(idx)
+    lo, hi = rows_of(b, group)
+    rows = hi - lo
+    part = slice(lo, hi) if rows else slice(0, 1)  # no rows: step on one, weighted 0
+    loss = learner.step(x[part], y[part], index=idx[part]) if indexed else learner.step(x[part], y[part])
+    params = [p for p in learner.parameters() if p.grad is not None]
+    disc = getattr(learner, "discrepancy", None)
+    dtype = params[0].grad.dtype if params else loss.dtype
+    extras = [loss] + ([disc] if disc is not None else [])
+    flat = torch.cat([p.grad.reshape(-1) for p in params]
+                     + [torch.as_tensor(e, dtype=dtype, device=loss.device).reshape(1) for e in extras]) * rows
+    group.all_reduce_(flat)
+    flat /= b
+    at = 0
+    for p in params:
+        p.grad = flat[at:at + p.numel()].view_as(p)
+        at += p.numel()
+    if disc is not None:
+        learner.discrepancy = flat[at + 1]
+    if indexed and getattr(learner, "persistent", False) and learner.particles is not None:
+        share_particles(learner, idx, group)
+    return flat[at]
+
+
+def share_particles(learner, idx: torch.Tensor, group: Group) -> None:
+    """Every rank's free states of its rows of the batch ``idx`` into every rank's particles
+    (EP, CHL), so that each rank holds the particles one process would."""
+    b = len(idx)
+    width = -(-b // group.world)
+    lo, hi = rows_of(b, group)
+    mine = learner.particles[idx[lo:hi]]
+    padded = torch.zeros(width, mine.shape[1], dtype=mine.dtype, device=mine.device)
+    padded[:hi - lo] = mine
+    parts = [torch.empty_like(padded) for _ in range(group.world)]
+    dist.all_gather(parts, padded)
+    spans = [rows_of(b, Group(r, group.world)) for r in range(group.world)]
+    every = torch.cat([part[:h - l] for part, (l, h) in zip(parts, spans)])
+    n = int(idx.max()) + 1
+    if learner.particles.shape[0] < n:
+        grown = learner.particles.new_zeros(n, learner.particles.shape[1])
+        seen = learner.visited.new_zeros(n)
+        grown[:len(learner.particles)] = learner.particles
+        seen[:len(learner.visited)] = learner.visited
+        learner.particles, learner.visited = grown, seen
+    learner.particles[idx] = every
+    learner.visited[idx] = True

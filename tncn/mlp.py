@@ -7,6 +7,8 @@ output and cross-entropy by default, whose gradient with respect to a^L is (ŷ -
 MAE); an autoencoder has sigmoid outputs that reconstruct its input (the target is the input
 itself; MSE, MAE or the binary cross-entropy per pixel). The learning rules in ``tncn.learners``
 (backprop, FA, DFA, LRA-E, LRA, DTP) all train this same network, so one word swaps the rule.
+Under torchrun ``fit`` trains one run over the ranks by data parallelism (``tncn.distributed``:
+exact to float rounding for the rules and options it lists).
 
 ``fit`` runs epochs of minibatch steps (``learner.step`` writes ``param.grad``, a stock
 ``torch.optim`` optimizer applies it), validates after every epoch and can log the angle between
@@ -210,6 +212,7 @@ def fit(
     log: Callable[[str], None] = tqdm.write,
     baseline: Optional[float] = None,
     scores: Sequence[Score] = CLASSIFICATION,
+    group=None,
 ) -> list[dict]:
     """Train ``learner.net`` for ``epochs`` epochs; return the per-epoch curve.
 
@@ -234,8 +237,14 @@ def fit(
     weight, or a first score worse than ``baseline`` (the majority class's error, the mean
     image's reconstruction loss) after an earlier one was better, raises ``Diverged`` naming the
     epoch.
+
+    ``group`` (a ``tncn.distributed.Group``, under torchrun): exact data parallelism; every rank
+    draws the same batches and steps on its share of each (``tncn.distributed.classify_step``),
+    the updates, loss and discrepancy are the global batch's, and angles are measured on the
+    global batch, on every rank.
     """
     from tncn.diagnostics import update_angles  # diagnostics import this module
+    from tncn.distributed import classify_step
 
     x_train, y_train = train
     net = learner.net
@@ -264,7 +273,10 @@ def fit(
             for i in bar:
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 x, y = x_train[idx], y_train[idx]
-                loss = learner.step(x, y, index=idx) if indexed else learner.step(x, y)
+                if group is None:
+                    loss = learner.step(x, y, index=idx) if indexed else learner.step(x, y)
+                else:
+                    loss = classify_step(learner, x, y, idx, group, indexed)
                 if angles_here and i % angle_every == 0:
                     _sync(device)
                     t0 = time.perf_counter()

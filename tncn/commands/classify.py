@@ -13,6 +13,14 @@ binary) see centred images (the mean training image subtracted) and train at Ada
 non-negative pixels their networks stall (LRA-E, MNIST 3×256 sign: 88.5 % validation error after
 one epoch raw, 13.5 % centred at 2e-3 with its relative targets).
 
+Under ``torchrun --nproc_per_node=N -m tncn classify ...`` the N processes train one run with
+exact data parallelism (``tncn.distributed``, which lists the rules it is exact for): the same
+global batches on every rank, each rank stepping on its B/N rows (``--batch-size`` must be a
+multiple of N), one SUM all-reduce of the row-weighted updates per step. Every rank validates;
+rank 0 alone prints, tests and writes ``--json``, ``--out``, ``--filters`` and ``--embedding``,
+and the result records ``world_size`` (EP's and CHL's relaxation measures are rank 0's
+shard's). Bad input is one line from rank 0 and every rank exits 2.
+
 Example::
 
     tncn classify --rule lra-e --data mnist --hidden 256,256,256 --activation tanh --epochs 10 \\
@@ -26,10 +34,13 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from tncn import checkpoint, files
+from sequences.errors import DataError
+from tncn import checkpoint, distributed, files
 from tncn.commands import flags
 from tncn.errors import UserError
+from tncn.guard import EXIT_STATUS, Diverged
 from tncn.layers import ACTIVATIONS, INITIALISERS, two_valued_activations
 from tncn.losses import LOSSES
 from tncn.optim import optimizer_options
@@ -136,11 +147,12 @@ def trainer(args, new_net, rule_opts: dict, opt: dict, own: dict, seed: int, dev
     return learner, optimizer, scheduler
 
 
-def run(args) -> int:
+def _prepare(args, group) -> tuple:
+    """Every check the command makes before it trains; the data loaded and the learner built, as
+    the tuple ``_run`` unpacks (built on every rank before the ranks agree that all went well)."""
     from sequences import images
     from tncn import runs
-    from tncn.diagnostics import save_embedding, save_filters
-    from tncn.mlp import MLP, error_rate, fit
+    from tncn.mlp import MLP
 
     args.activation = args.activation or args.rule_class.activation or "tanh"
     o = flags.read(args, "data_root", "batch_size", "seed", "device", defaults=DEFAULTS)
@@ -155,7 +167,7 @@ def run(args) -> int:
         raise UserError(f"rule {args.rule} minimises its own cost ({own_cost}); --loss does not apply")
     args.loss = args.loss or "ce"
     own = flags.values(args, OWN)
-    device = runs.resolve_device(o["device"])
+    device = runs.resolve_device(distributed.device_name(o["device"], group))
     out = Path(args.out) if args.out else None
     if out is not None:
         flags.check_out(out, args.force)
@@ -168,25 +180,69 @@ def run(args) -> int:
     n_train = len(data.train[1])
     if o["batch_size"] > n_train:
         raise OptionError("batch_size", f"{{}} {o['batch_size']:,} is larger than the {n_train:,} training examples")
+    if group is not None and o["batch_size"] % group.world:
+        raise UserError(f"--batch-size {o['batch_size']} does not split over {group.world} processes: "
+                        f"give a multiple of {group.world} (each rank trains batch-size / {group.world} rows)")
     gen = torch.Generator().manual_seed(o["seed"])
     torch.manual_seed(o["seed"])  # stochastic units at evaluation draw from the global generator
     learner, optimizer, scheduler = trainer(
         args, lambda: MLP([data.train[0].shape[1], *own["hidden"], data.n_classes], activation=args.activation,
                           init=args.init, std=own["init_std"], generator=gen, loss=args.loss),
         rule_opts, opt, own, o["seed"], device)
+    return (o, opt, rule_opts, own, own_cost, device, out, json_path, filters_path, embedding_path, center, data, gen,
+            learner, optimizer, scheduler)
+
+
+def run(args) -> int:
+    group = distributed.start()  # None outside torchrun
+    try:
+        return _run(args, group)
+    except distributed.Silenced:  # rank 0 says why
+        return 2
+    except Diverged:
+        if group is None or group.main:
+            raise
+        return EXIT_STATUS  # every rank diverges at the same epoch; rank 0 says so
+    finally:
+        distributed.stop(group)
+
+
+def _run(args, group) -> int:
+    from tncn.diagnostics import save_embedding, save_filters
+    from tncn.mlp import error_rate, fit
+
+    failure, setup = None, None
+    try:
+        setup = _prepare(args, group)
+    except (UserError, OptionError, DataError) as err:
+        failure = err
+    digest = distributed.fingerprint({k: v for k, v in vars(args).items()
+                                      if isinstance(v, (str, int, float, bool, list, Path, type(None)))})
+    distributed.agree(group, failure, digest)
+    (o, opt, rule_opts, own, own_cost, device, out, json_path, filters_path, embedding_path, center, data, gen,
+     learner, optimizer, scheduler) = setup
+    main = group is None or group.main
+    world = 1 if group is None else group.world
     net = learner.net
     data = data.to(device)
     sizes = data.sizes()
-    print(f"{args.rule} on {data.name} ({sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test), "
-          f"hidden {','.join(map(str, own['hidden']))} {args.activation}{', centred' if center else ''}, "
-          f"loss {own_cost or args.loss}, {opt['optimizer']} lr {opt['lr']}, "
-          f"{own['epochs']} epochs of batch {o['batch_size']} on {device}")
+    if main:
+        print(f"{args.rule} on {data.name} ({sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test), "
+              f"hidden {','.join(map(str, own['hidden']))} {args.activation}{', centred' if center else ''}, "
+              f"loss {own_cost or args.loss}, {opt['optimizer']} lr {opt['lr']}, "
+              f"{own['epochs']} epochs of batch {o['batch_size']} on {device}"
+              + (f" x {world} processes" if world > 1 else ""))
     counts = torch.bincount(data.train[1].cpu(), minlength=data.n_classes)
     majority = float((data.valid[1].cpu() != counts.argmax()).float().mean()) if len(data.valid[1]) else None
     learner.prepare(data.train[0])
+    if group is not None:
+        distributed.classify_start(learner, group)
     curve = fit(learner, optimizer, data.train, data.valid, own["epochs"], o["batch_size"], gen,
-                scheduler=scheduler, angle_every=own["angles"], progress=False if args.no_progress else None,
-                baseline=majority)
+                scheduler=scheduler, angle_every=own["angles"],
+                progress=False if args.no_progress or not main else None,
+                log=tqdm.write if main else (lambda line: None), baseline=majority, group=group)
+    if not main:  # rank 0 alone tests, prints and writes
+        return 0
     test_error = error_rate(learner, *data.test)
     result = dict(
         rule=args.rule, data=data.name, hidden=own["hidden"], activation=args.activation,
@@ -194,7 +250,7 @@ def run(args) -> int:
         init=args.init, init_std=own["init_std"], center=center, loss=args.loss, options=rule_opts,
         sizes=sizes, test_error=test_error, rule_measures=learner.measure(data.test[0]), valid_error=curve[-1]["valid_error"],
         train_seconds=sum(p["seconds"] for p in curve), curve=curve,
-        device=str(device), torch=str(torch.__version__), machine=platform.machine(),
+        device=str(device), world_size=world, torch=str(torch.__version__), machine=platform.machine(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
     print(f"test error {100 * test_error:.2f}% (valid {100 * result['valid_error']:.2f}%), "
