@@ -86,7 +86,9 @@ def test_rbm_trains_sigmoid_units_only_and_classify_defaults_to_them(tiny, tmp_p
     with pytest.raises(ValueError, match="trains sigmoid hidden units"):
         learners.make("rbm", MLP([4, 3, 2], activation="tanh"))
     out = tmp_path / "r.json"
-    assert classify(tiny, "--rule", "rbm", "--epochs", "30", "--lr", "0.02", "--json", str(out)) == 0
+    assert classify(tiny, "--rule", "rbm", "--epochs", "30", "--lr", "0.02", "--json", str(out),
+                    "--out", str(tmp_path / "run")) == 0
+    assert (tmp_path / "run" / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
     r = json.loads(out.read_text())
     assert r["activation"] == "sigmoid" and r["test_error"] < 0.2
     assert r["rule_measures"]["pseudo_log_likelihood"] < 0 and "free_energy" in r["rule_measures"]

@@ -5,7 +5,8 @@ al., RBMs trained by contrastive divergence with a readout) train the same ``tnc
 the training loss, the validation error and optionally the angle of each layer's update to the
 backprop gradient, and the rule's total local discrepancy where it has one; at the end the test
 error. ``--json`` writes the result with the per-epoch curve; ``--out DIR`` writes result.json,
-filters.png, embedding.png (the topmost hidden layer on the test set, by PCA) and model.pt (a
+filters.png, embedding.png (the topmost hidden layer on the test set, by PCA), for the RBM
+reconstructions.png (test images and their one-step Gibbs reconstructions), and model.pt (a
 ``tncn.checkpoint`` of kind ``classifier`` holding the result and the learner's state_dict) there.
 
 Defaults chosen per activation (``BY_ACTIVATION``): two-valued units (sign, step, stochastic
@@ -96,7 +97,7 @@ def register(subparsers, argv=None) -> None:
     p = image_parser(subparsers, "classify", f"train a feedforward classifier with one learning rule ({rules})",
                      f"Train a feedforward classifier with one learning rule ({rules}) and report its test error; "
                      "the defaults are the protocol of scripts/compare_rules.py.",
-                     "write result.json, filters.png, embedding.png and model.pt here")
+                     "write result.json, filters.png, embedding.png (rbm: reconstructions.png) and model.pt here")
     two_valued = ", ".join(BY_ACTIVATION)
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help=f"subtract the mean training image from every image (default: on for {two_valued} units, "
@@ -208,7 +209,7 @@ def run(args) -> int:
 
 
 def _run(args, group) -> int:
-    from tncn.diagnostics import save_embedding, save_filters
+    from tncn.diagnostics import save_embedding, save_filters, save_reconstructions
     from tncn.mlp import error_rate, fit
 
     failure, setup = None, None
@@ -268,5 +269,10 @@ def _run(args, group) -> int:
         files.write_json(out / "result.json", result, indent=1)
         save_filters(net.layers[0].weight, out / "filters.png", title, shape=data.shape)
         save_embedding(learner, *data.test, out / "embedding.png", embed_title)
+        if hasattr(learner, "reconstruct"):  # the RBM: one Gibbs step from 20 test images
+            shown = data.test[0][:20]
+            save_reconstructions(shown, learner.reconstruct(shown), out / "reconstructions.png",
+                                 f"{args.rule}, {data.name}: test images and p(v | h), h ~ p(h | v)",
+                                 shape=data.shape, labels=["test images", "reconstructions"])
         checkpoint.save(out / "model.pt", {"result": result, "state_dict": learner.state_dict()}, "classifier")
     return 0
