@@ -228,3 +228,16 @@ def test_classify_refuses_what_settling_rules_cannot_do(tiny, capsys):  # noqa: 
         assert classify(tiny, "--rule", "ep", "--epochs", "1", *extra) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_random_signs_repeat_from_the_state_dict():
+    a = EquilibriumPropagation(_net([6, 5, 3], "hard_sigmoid"), estimator="random-sign", seed=3)
+    b = EquilibriumPropagation(_net([6, 5, 3], "hard_sigmoid"), estimator="random-sign", seed=9)
+
+    def draws(ep):
+        return torch.rand(8, generator=ep._sign_stream())
+
+    assert not torch.equal(draws(a), draws(b))
+    b.load_state_dict(a.state_dict())
+    a = EquilibriumPropagation(_net([6, 5, 3], "hard_sigmoid"), estimator="random-sign", seed=3)
+    assert torch.equal(draws(a), draws(b))  # the loaded stream restarts from the saved seed

@@ -334,7 +334,8 @@ class EquilibriumPropagation(_Settling):
             raise ValueError(f"beta must be positive, got {beta}")
         self.beta, self.estimator = float(beta), estimator
         self.nudged_steps = 2 * len(net.layers) if nudged_steps is None else int(nudged_steps)
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("sign_seed", torch.tensor(int(seed)))  # in the state_dict; the same on every rank
+        self._signs: Optional[tuple[int, torch.Generator]] = None
 
     OPTIONS = (
         argument(__init__, "beta", FLOAT, "nudging strength beta of the cost in the nudged phase", check=positive),
@@ -355,6 +356,13 @@ class EquilibriumPropagation(_Settling):
         argument(__init__, "compile", BOOL, "run the relaxation step through torch.compile"),
     )
 
+    def _sign_stream(self) -> torch.Generator:
+        """The CPU generator of β's signs, started from ``sign_seed`` (again after a load)."""
+        seed = int(self.sign_seed)
+        if self._signs is None or self._signs[0] != seed:
+            self._signs = (seed, torch.Generator().manual_seed(seed))
+        return self._signs[1]
+
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor, index: Optional[Tensor] = None) -> Tensor:
         """Free phase, nudged phase(s), the EP update in ``.grad``; returns the mean cost C(s⁰)."""
@@ -362,7 +370,7 @@ class EquilibriumPropagation(_Settling):
         target = torch.nn.functional.one_hot(y, self.net.sizes[-1]).to(x.dtype)
         settler, s0, free = self.free_phase(x, index)
         beta = self.beta
-        if self.estimator == "random-sign" and torch.rand((), generator=self.gen) < 0.5:
+        if self.estimator == "random-sign" and torch.rand((), generator=self._sign_stream()) < 0.5:
             beta = -beta
         s_b, nudged = settler.relax(s0, self.nudged_steps, self.tolerance, beta, target)
         if self.estimator == "symmetric":
