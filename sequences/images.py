@@ -147,7 +147,7 @@ class ImageData:
 
 
 def _tensors(images: np.ndarray, labels: np.ndarray):
-    x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    x = torch.from_numpy(images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(np.float32) / 255.0)
     return x, torch.from_numpy(labels.astype(np.int64))
 
 

@@ -167,3 +167,12 @@ def test_two_valued_units_default_to_centred_inputs_and_their_rate(tiny, tmp_pat
     assert classify(tiny, "--rule", "lra-e", "--epochs", "1", "--json", str(out)) == 0
     r = json.loads(out.read_text())
     assert r["center"] is False and r["lr"] == 1e-3
+
+
+def test_no_validation_split_trains_and_says_so(tiny, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert classify(tiny, "--rule", "bp", "--valid", "0", "--epochs", "2", "--json", str(out)) == 0
+    r = json.loads(out.read_text())
+    assert r["sizes"]["valid"] == 0 and r["sizes"]["train"] == 240
+    assert r["valid_error"] is None and all(p["valid_error"] is None for p in r["curve"])
+    assert "no validation split" in capsys.readouterr().out

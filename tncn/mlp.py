@@ -296,8 +296,9 @@ def fit(
         train_loss = loss_sum.item() / counted
         check_loss(train_loss, epoch, net, unit="epoch")
         check_weights(net, epoch, unit="epoch")
-        point = dict(epoch=epoch, train_loss=train_loss, **{s.key: s.measure(learner, *valid) for s in scores},
-                     seconds=seconds)
+        validated = len(valid[0]) > 0  # --valid 0: no validation split, so no score (None), no guard
+        point = dict(epoch=epoch, train_loss=train_loss,
+                     **{s.key: s.measure(learner, *valid) if validated else None for s in scores}, seconds=seconds)
         if angle_sums is not None:
             point["angles"] = [a / angle_count for a in angle_sums]
         if getattr(learner, "discrepancy", None) is not None:
@@ -308,7 +309,8 @@ def fit(
             extra += " | angles to bp " + " ".join(f"{a:.0f}" for a in point["angles"]) + " deg"
         if "discrepancy" in point:
             extra += f" | discrepancy {point['discrepancy']:.4g}"
-        shown = ", ".join(s.show(point[s.key]) for s in scores)
+        shown = ", ".join(s.show(point[s.key]) for s in scores) if validated else "no validation split"
         log(f"epoch {epoch}: loss {train_loss:.4f}, {shown} ({seconds:.1f} s){extra}")
-        watch.check(point[scores[0].key], epoch)
+        if validated:
+            watch.check(point[scores[0].key], epoch)
     return curve

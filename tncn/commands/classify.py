@@ -254,7 +254,8 @@ def _run(args, group) -> int:
         device=str(device), world_size=world, torch=str(torch.__version__), machine=platform.machine(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
-    print(f"test error {100 * test_error:.2f}% (valid {100 * result['valid_error']:.2f}%), "
+    valid = "no validation split" if result["valid_error"] is None else f"valid {100 * result['valid_error']:.2f}%"
+    print(f"test error {100 * test_error:.2f}% ({valid}), "
           f"{result['train_seconds']:.1f} s of training")
     title = f"{args.rule}, {data.name}, {','.join(map(str, own['hidden']))} {args.activation}: W1 filters"
     if filters_path:
