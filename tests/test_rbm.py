@@ -95,6 +95,14 @@ def test_rbm_trains_sigmoid_units_only_and_classify_defaults_to_them(tiny, tmp_p
     assert classify(tiny, "--rule", "rbm", "--activation", "tanh", "--epochs", "1") == 2
 
 
+def test_inputs_outside_zero_one_are_refused(tiny, capsys):  # noqa: F811
+    with pytest.raises(ValueError, match=r"inputs in \[0, 1\]"):
+        learners.make("rbm", MLP([2, 3, 2], activation="sigmoid")).prepare(torch.tensor([[0.5, -0.2]]))
+    assert classify(tiny, "--rule", "rbm", "--center", "--epochs", "1") == 2   # centred images go below 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not centre them" in err[0]
+
+
 def test_visible_biases_start_at_the_log_base_rates():
     rbm = learners.make("rbm", MLP([4, 3, 2], activation="sigmoid"))
     x = torch.tensor([[0.0, 1.0, 0.5, 1.0], [0.0, 1.0, 0.3, 0.0]])

@@ -190,6 +190,10 @@ def _prepare(args, group) -> tuple:
         args, lambda: MLP([data.train[0].shape[1], *own["hidden"], data.n_classes], activation=args.activation,
                           init=args.init, std=own["init_std"], generator=gen, loss=args.loss),
         rule_opts, opt, own, o["seed"], device)
+    try:
+        learner.prepare(data.train[0].to(device))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     return (o, opt, rule_opts, own, own_cost, device, out, json_path, filters_path, embedding_path, center, data, gen,
             learner, optimizer, scheduler)
 
@@ -235,7 +239,6 @@ def _run(args, group) -> int:
               + (f" x {world} processes" if world > 1 else ""))
     counts = torch.bincount(data.train[1].cpu(), minlength=data.n_classes)
     majority = float((data.valid[1].cpu() != counts.argmax()).float().mean()) if len(data.valid[1]) else None
-    learner.prepare(data.train[0])
     if group is not None:
         distributed.classify_start(learner, group)
     curve = fit(learner, optimizer, data.train, data.valid, own["epochs"], o["batch_size"], gen,

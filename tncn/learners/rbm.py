@@ -316,7 +316,11 @@ class RBM(Learner):
         noise, takes most of Z: the 784×500 MNIST RBM of ``tncn classify --rule rbm --hidden 500
         --lr 3e-3`` scored -212.3 nats of test log-likelihood from zero biases and -143.8 from
         these (``scripts/rbm_likelihood.py``), at the same test error. ``tncn classify`` calls it
-        before training."""
+        before training; inputs outside [0, 1] are refused (ValueError)."""
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"rule 'rbm' models inputs in [0, 1] (binary units' probabilities), these range over "
+                             f"[{low:.3g}, {high:.3g}]: do not centre them (--no-center)")
         self.visible_bias[0].copy_(base_rate_bias(x, eps=1e-2))
 
     def measure(self, x: Tensor) -> dict:
