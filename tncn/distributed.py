@@ -197,6 +197,39 @@ def message(err: Exception) -> str:
     return render("--" + err.key.replace("_", "-")) if render is not None and hasattr(err, "key") else str(err)
 
 
+def launched(body, args) -> int:
+    """Run ``body(args, group)`` as this process's rank of a torchrun launch (``group`` None
+    outside torchrun) and shut the group down after. A rank stopped on an error that rank 0
+    reports (``Silenced``) exits 2 without a word; a divergence, which every rank meets at the
+    same epoch, is raised on rank 0 only, the others exiting with the guard's status."""
+    from tncn.guard import EXIT_STATUS, Diverged
+
+    group = start()
+    try:
+        return body(args, group)
+    except Silenced:
+        return 2
+    except Diverged:
+        if group is None or group.main:
+            raise
+        return EXIT_STATUS
+    finally:
+        stop(group)
+
+
+def attempt(prepare, *args):
+    """Run ``prepare(*args)`` on this rank; a bad-input error (``UserError``, ``OptionError``,
+    ``DataError``) is kept for ``agree`` instead of raised. Returns (its result or None, the error
+    or None)."""
+    from sequences.errors import DataError
+    from tncn.options import OptionError
+
+    try:
+        return prepare(*args), None
+    except (UserError, OptionError, DataError) as err:
+        return None, err
+
+
 def agree(group: Optional[Group], error: Optional[Exception], digest: str, shared=None):
     """Decide together whether the run may start: every rank passes the error its checks raised
     (None: none) and the ``fingerprint`` of its options; returns rank 0's ``shared`` value (the

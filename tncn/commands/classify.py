@@ -37,11 +37,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sequences.errors import DataError
 from tncn import checkpoint, distributed, files
 from tncn.commands import flags
 from tncn.errors import UserError
-from tncn.guard import EXIT_STATUS, Diverged
 from tncn.layers import ACTIVATIONS, INITIALISERS, two_valued_activations
 from tncn.losses import LOSSES
 from tncn.optim import optimizer_options
@@ -199,28 +197,14 @@ def _prepare(args, group) -> tuple:
 
 
 def run(args) -> int:
-    group = distributed.start()  # None outside torchrun
-    try:
-        return _run(args, group)
-    except distributed.Silenced:  # rank 0 says why
-        return 2
-    except Diverged:
-        if group is None or group.main:
-            raise
-        return EXIT_STATUS  # every rank diverges at the same epoch; rank 0 says so
-    finally:
-        distributed.stop(group)
+    return distributed.launched(_run, args)
 
 
 def _run(args, group) -> int:
     from tncn.diagnostics import save_embedding, save_filters, save_reconstructions
     from tncn.mlp import error_rate, fit
 
-    failure, setup = None, None
-    try:
-        setup = _prepare(args, group)
-    except (UserError, OptionError, DataError) as err:
-        failure = err
+    setup, failure = distributed.attempt(_prepare, args, group)
     digest = distributed.fingerprint({k: v for k, v in vars(args).items()
                                       if isinstance(v, (str, int, float, bool, list, Path, type(None)))})
     distributed.agree(group, failure, digest)

@@ -45,14 +45,13 @@ from typing import Optional
 import torch
 
 from sequences import text, video
-from sequences.errors import DataError
 from tncn import checkpoint, distributed, presets, runs
 from tncn.checkpoint import set_rng_state
 from tncn.commands import flags
 from tncn.errors import UserError
 from tncn.guard import EXIT_STATUS, Diverged, check_weights
 from tncn.metrics import perplexity, unigram_entropy
-from tncn.options import INT, STR, Option, OptionError, non_negative
+from tncn.options import INT, STR, Option, non_negative
 from tncn.temporal import LEARNERS, build_learner, learner_class
 from tncn.train import BUDGET_KEYS, Budget, Progress, fit, generate
 
@@ -250,13 +249,7 @@ def _default_out(config: dict) -> Path:
 # --------------------------------------------------------------------------- the command
 
 def run(args) -> int:
-    group = distributed.start()  # None outside torchrun
-    try:
-        return _run(args, group)
-    except distributed.Silenced:  # rank 0 says why
-        return 2
-    finally:
-        distributed.stop(group)
+    return distributed.launched(_run, args)
 
 
 @dataclass
@@ -338,11 +331,7 @@ def _prepare(args, group) -> _Setup:
 
 
 def _run(args, group) -> int:
-    setup, failure = None, None
-    try:
-        setup = _prepare(args, group)
-    except (UserError, OptionError, DataError) as err:
-        failure = err
+    setup, failure = distributed.attempt(_prepare, args, group)
     digest = distributed.fingerprint(setup and setup.config, args.out, args.resume, args.force)
     out = distributed.agree(group, failure, digest, setup and str(setup.out))
     config, vocab, corpus, learner, progress = setup.config, setup.vocab, setup.corpus, setup.learner, setup.progress
