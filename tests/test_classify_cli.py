@@ -11,20 +11,14 @@ import torch
 
 from conftest import shared_path
 from tncn.cli import main
-from test_images import write_idx
+from test_images import write_rows_problem
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 3-class problem of 6x6 images: the class sets one row of pixels bright."""
     folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 240), ("t10k", 60)):
-        labels = (np.arange(n) % 3).astype(np.uint8)
-        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
-        imgs[np.arange(n), labels * 2, :] = 255
-        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    write_rows_problem(folder)
     return folder
 
 

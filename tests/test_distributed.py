@@ -185,18 +185,11 @@ def runs(tmp_path_factory):
 
 
 def _write_images(folder) -> str:
-    """A 3-class problem of 6x6 images in IDX files (tests/test_classify_cli.py's)."""
-    import numpy as np
-    from test_images import write_idx
+    """A 3-class problem of 6x6 images in IDX files (tests/test_classify_cli.py's, smaller)."""
+    from test_images import write_rows_problem
 
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 90), ("t10k", 30)):
-        labels = (np.arange(n) % 3).astype(np.uint8)
-        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
-        imgs[np.arange(n), labels * 2, :] = 255
-        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    write_rows_problem(folder, 90, 30)
     return str(folder)
 
 

@@ -23,6 +23,18 @@ def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
 
+def write_rows_problem(folder, n_train: int = 240, n_test: int = 60) -> None:
+    """A 3-class problem of 6x6 images in IDX files: the class sets one row of pixels bright over
+    dim noise (the tiny classification set of the command tests)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 3).astype(np.uint8)
+        imgs = rng.integers(0, 60, size=(n, 6, 6)).astype(np.uint8)
+        imgs[np.arange(n), labels * 2, :] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte", imgs)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+
+
 def write_set(folder, split, n, seed=0, compress=True):
     rng = np.random.default_rng(seed)
     imgs = rng.integers(0, 256, size=(n, 4, 4), dtype=np.uint8)

@@ -166,12 +166,18 @@ class MeanImage:
 class Score:
     """A validation score of ``fit`` (lower is better): ``measure(learner, x, y)`` on the
     validation split, kept in the curve under ``key`` and logged as its words; ``name`` is how the
-    divergence guard calls it; ``percent``: logged as a percentage."""
+    divergence guard calls it; ``percent``: logged as a percentage. A ``measure`` that returns a
+    dict of several scores names its entry in ``part``; ``fit`` calls each measure once an epoch."""
 
     key: str
     name: str
-    measure: Callable[[object, Tensor, Tensor], float]
+    measure: Callable[[object, Tensor, Tensor], object]
     percent: bool = False
+    part: Optional[str] = None
+
+    def of(self, measured) -> float:
+        """This score out of what its ``measure`` returned."""
+        return measured if self.part is None else measured[self.part]
 
     def show(self, value: float) -> str:
         words = self.key.replace("_", " ")
@@ -185,10 +191,11 @@ CLASSIFICATION = (Score("valid_error", "the validation error", error_rate, perce
 def reconstruction_scores(loss: OutputLoss) -> tuple[Score, Score]:
     """An autoencoder's validation scores: the mean per-example loss (watched by the guard) and the
     per-pixel squared error (``reconstruction_error``)."""
-    return (Score("valid_loss", "the validation reconstruction loss",
-                  lambda m, x, t: reconstruction_error(m, x, t, loss)["loss"]),
-            Score("valid_pixel_mse", "the validation pixel MSE",
-                  lambda m, x, t: reconstruction_error(m, x, t, loss)["pixel_mse"]))
+    def measure(model, x, t):
+        return reconstruction_error(model, x, t, loss)
+
+    return (Score("valid_loss", "the validation reconstruction loss", measure, part="loss"),
+            Score("valid_pixel_mse", "the validation pixel MSE", measure, part="pixel_mse"))
 
 
 # --------------------------------------------------------------------------- training loop
@@ -297,8 +304,13 @@ def fit(
         check_loss(train_loss, epoch, net, unit="epoch")
         check_weights(net, epoch, unit="epoch")
         validated = len(valid[0]) > 0  # --valid 0: no validation split, so no score (None), no guard
+        results = {}  # each measure once, a dict for the scores it gives
+        if validated:
+            for score in scores:
+                if score.measure not in results:
+                    results[score.measure] = score.measure(learner, *valid)
         point = dict(epoch=epoch, train_loss=train_loss,
-                     **{s.key: s.measure(learner, *valid) if validated else None for s in scores}, seconds=seconds)
+                     **{s.key: s.of(results[s.measure]) if validated else None for s in scores}, seconds=seconds)
         if angle_sums is not None:
             point["angles"] = [a / angle_count for a in angle_sums]
         if getattr(learner, "discrepancy", None) is not None:
