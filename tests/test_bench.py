@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import tncn
 from tncn import bench
@@ -24,14 +25,42 @@ def test_flops_count_the_temporal_rule_and_dense_inputs():
 
 def test_step_bytes_and_bound_closed_forms():
     model = tncn.PTNCN(49, [1000, 1000])
-    n = 3 * 49 * 1000 + 6 * 1000 * 1000  # M1, W1, E1 and V1, U1, M2, V2, W2, E2: 6.15 M weights
-    assert bench.ptncn_step_bytes(model) == 6 * 4 * n
+    E, other = 49 * 1000 + 1000 * 1000, 2 * 49 * 1000 + 5 * 1000 * 1000  # E1, E2; M1, W1 and V1, U1, M2, V2, W2
+    n = E + other  # 6.15 M weights
+    # .grad: every update written once (ΔE read from ΔW and written), then the 5 passes of fused Nesterov
+    assert bench.ptncn_step_bytes(model) == 4 * (6 * other + 7 * E)
+    assert bench.ptncn_step_bytes(model, "sgd") == 4 * (4 * other + 5 * E)
+    # fused into the optimizer with E held: 4 passes a weight (M1: 2 more, its zeroed row scratch), 3 for E
+    model.use_optimizer(torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True))
+    M1 = 49 * 1000
+    assert bench.ptncn_step_bytes(model) == 4 * (4 * other + 2 * M1 + 3 * E)
+    model.use_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))  # plain SGD: M1 takes B rows, not counted
+    assert bench.ptncn_step_bytes(model, "sgd") == 4 * (2 * (other - M1) + 3 * E)
     flops = bench.ptncn_flops_per_token(model)
     # only products: the matmul rate over the FLOPs; only traffic: the bandwidth over the bytes, per batch
     assert bench.ptncn_bound(flops, 0, 50, 100.0, 35.0) == pytest.approx(100e9 / flops)
     assert bench.ptncn_bound(0.0, 10**9, 50, 100.0, 35.0) == pytest.approx(50 * 35.0)
     both = 50 / (50 * flops / 100e9 + 6 * 4 * n / 35e9)
     assert bench.ptncn_bound(flops, 6 * 4 * n, 50, 100.0, 35.0) == pytest.approx(both)
+
+
+def test_gpu_rows_run_on_a_cpu_at_a_tiny_size():
+    """The GPU table's code path (without the CUDA graph, which needs CUDA): a P-TNCN row with its
+    fractions and the same-size LSTM row, timed in turn."""
+    rows = bench.gpu_rows("cpu", 1, 100.0, widths=(8,), batches=(3,), graph=False, progress=lambda m: None)
+    ptncn, lstm = rows
+    assert ptncn.config == "GPU P-TNCN L=2 H=8 B=3 V=49" and lstm.config.startswith("GPU LSTM L=2 H=8 B=3")
+    flops = bench.ptncn_flops_per_token(tncn.PTNCN(49, [8, 8]))
+    assert ptncn.useful_gflops == pytest.approx(ptncn.tokens_per_s * flops / 1e9)
+    assert ptncn.fraction_of_matmul_peak == pytest.approx(ptncn.useful_gflops / 100.0)
+    assert f"P-TNCN / LSTM = {ptncn.tokens_per_s / lstm.tokens_per_s:.2f}" in ptncn.note
+
+
+def test_interleaved_rates_time_every_learner():
+    learners = {"fused": bench.ptncn_learner([8, 8], 11), ".grad": bench.ptncn_learner([8, 8], 11, fused=False)}
+    rates = bench.learner_train_rates(learners, 3, 4, repeats=2)
+    assert set(rates) == set(learners) and all(r > 0 for r in rates.values())
+    assert "E held" in learners["fused"].update_path and learners[".grad"].update_path.startswith(".grad")
 
 
 def test_ptncn_memory_does_not_grow_with_sequence_length():

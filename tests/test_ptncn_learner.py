@@ -55,7 +55,11 @@ def test_training_follows_the_per_step_recipe():
                 opt.step()
         assert got.scored == scored
         assert math.isclose(got.total, bits, rel_tol=1e-5)
-    assert same(weights(learner), model.state_dict())
+    # the learner steps its optimizer inside the step (tncn.fused): equal up to float rounding
+    mine, theirs = weights(learner), model.state_dict()
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], theirs[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_a_zero_model_scores_log2_V_per_symbol_and_eval_changes_nothing():

@@ -65,7 +65,7 @@ def matmul_gflops(m: int, k: int, n: int, device="cpu", repeats: int = 5) -> flo
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)
     out = torch.empty(m, n, device=device)
-    calls = max(1, int(2e9 / (2 * m * k * n)))
+    calls = min(1000, max(1, int(2e9 / (2 * m * k * n))))
 
     def run():
         for _ in range(calls):
@@ -80,11 +80,40 @@ def stream_gbps(device="cpu", n: int = 2**25, repeats: int = 5) -> float:
     return _median_rate(lambda: torch.add(a, b, out=c), 12 * n / 1e9, repeats, device)
 
 
-def ptncn_step_bytes(model: "tncn.PTNCN") -> int:
-    """Bytes of weight-sized memory traffic in one training step with the fused Nesterov SGD:
-    each update is written once (ΔM^1 for tokens: zeroed, then B rows added), then the optimizer
-    reads weight, update and momentum and writes weight and momentum: 6 weight-sized passes."""
-    return sum(6 * p.numel() * p.element_size() for p in model.parameters())
+GRAD_PASSES = {"sgd": 3, "momentum": 5, "nesterov": 5, "adam": 7}
+"""Weight-sized passes of torch's fused kernel per weight under the ``.grad`` contract (SGD reads
+weight and update and writes the weight; with momentum it also reads and writes the buffer; Adam
+reads and writes two moments)."""
+FUSED_PASSES = {"sgd": 2, "momentum": 5, "nesterov": 4, "adam": 6}
+"""The same with the optimizer fused into the step (``tncn.fused``): SGD, an addmm into the weight
+(read, write); heavy-ball momentum, an addmm into the buffer, then w − lr·b (read and write the
+buffer, read it and the weight, write the weight); Nesterov and Adam step from a scratch tile
+that stays in cache (read and write the weight and its one or two buffers)."""
+
+
+def ptncn_step_bytes(model: "tncn.PTNCN", optimizer: str = "nesterov") -> int:
+    """Bytes of weight-sized memory traffic in one training step with ``optimizer``, on the update
+    path the model is on (``PTNCN.use_optimizer``; none attached: the ``.grad`` contract).
+
+    ``.grad``: each update written once (ΔE, a scaled copy of ΔW under the transpose rule: read
+    ΔW, write ΔE), then ``GRAD_PASSES``. Fused: ``FUSED_PASSES``, except a held E^l = γ W^l + D^l
+    (read W and D, write E: 3) and, for token inputs, ΔM^1 under SGD without momentum (B rows:
+    counted as 0) or else its V-row scratch (zeroed and read back: 2 more)."""
+    fused, held = model.steps_optimizer, set(model._held)
+    total = 0
+    for name, p in model.named_parameters():
+        size = p.numel() * p.element_size()
+        copy = name[0] == "E" and model.e_rule == "transpose"
+        if not fused:
+            passes = (2 if copy else 1) + GRAD_PASSES[optimizer]
+        elif name[0] == "E" and int(name[1:]) in held:
+            passes = 3
+        elif name == "M1" and model.tokens:
+            passes = 0 if optimizer == "sgd" else FUSED_PASSES[optimizer] + 2
+        else:
+            passes = FUSED_PASSES[optimizer]
+        total += passes * size
+    return total
 
 
 def ptncn_bound(flops_per_token: float, step_bytes: int, batch: int, gflops: float, gbps: float) -> float:
@@ -125,21 +154,48 @@ def random_batch(size: int, steps: int, batch: int, generator: torch.Generator, 
     return Batch(x, mask, score, reset)
 
 
-def learner_train_rate(learner, batch: int, steps: int, repeats: int = 5) -> float:
-    """Tokens/s of ``learner.train_segment`` (a learner as ``tncn compare`` builds it) on segments
-    of ``steps`` random observations in ``batch`` rows, the state carried from one to the next."""
+def learner_train_rates(learners: dict, batch: int, steps: int, repeats: int = 5) -> dict:
+    """Tokens/s of each learner's ``train_segment`` (learners as ``tncn compare`` builds them) on
+    segments of ``steps`` random observations in ``batch`` rows, the state carried from one to the
+    next: one warm-up segment each, then ``repeats`` rounds that time every learner in turn (so
+    their ratios share the machine's state); the median per learner."""
     gen = torch.Generator().manual_seed(0)
-    learner.train_segment(random_batch(learner.size, 2, batch, gen, learner.frames, reset=True))
-    data = random_batch(learner.size, steps, batch, gen, learner.frames)
-    return _median_rate(lambda: learner.train_segment(data), steps * batch, repeats, learner.device)
+    segments = {}
+    for key, learner in learners.items():
+        learner.train_segment(random_batch(learner.size, 2, batch, gen, learner.frames, reset=True))
+        segments[key] = random_batch(learner.size, steps, batch, gen, learner.frames)
+        learner.train_segment(segments[key])
+    rates = {key: [] for key in learners}
+    for _ in range(repeats):
+        for key, learner in learners.items():
+            sync(learner.device)
+            t0 = time.perf_counter()
+            learner.train_segment(segments[key])
+            sync(learner.device)
+            rates[key].append(steps * batch / (time.perf_counter() - t0))
+    return {key: statistics.median(r) for key, r in rates.items()}
 
 
-def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, compiled=False) -> float:
-    """Tokens/s of P-TNCN training (the ``ptncn`` learner, reference options; ``compiled``: its
-    ``compile`` option, compiled in the untimed warm-up)."""
-    learner = build_learner("ptncn", {"hidden": list(hidden), "compile": compiled}, vocab, device, frames=not tokens)
-    steps = max(5, int(2e9 / (ptncn_flops_per_token(learner.model) * batch)))
-    return learner_train_rate(learner, batch, steps, repeats)
+def learner_train_rate(learner, batch: int, steps: int, repeats: int = 5) -> float:
+    """``learner_train_rates`` of one learner."""
+    return learner_train_rates({0: learner}, batch, steps, repeats)[0]
+
+
+def ptncn_learner(hidden, vocab, device="cpu", tokens=True, **options):
+    """The ``ptncn`` learner (reference options but ``options``) that the P-TNCN rows time."""
+    return build_learner("ptncn", {"hidden": list(hidden), **options}, vocab, device, frames=not tokens)
+
+
+def ptncn_steps(learner, batch: int) -> int:
+    """Time steps per timed segment: about 2 GFLOP of P-TNCN products, between 5 and 200."""
+    return min(200, max(5, int(2e9 / (ptncn_flops_per_token(learner.model) * batch))))
+
+
+def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, **options) -> float:
+    """Tokens/s of P-TNCN training (the ``ptncn`` learner; ``compile=True`` compiles in the
+    untimed warm-up)."""
+    learner = ptncn_learner(hidden, vocab, device, tokens, **options)
+    return learner_train_rate(learner, batch, ptncn_steps(learner, batch), repeats)
 
 
 def bptt_train_rate(cell, hidden, layers, vocab, batch, window=50, device="cpu", repeats=5) -> float:
@@ -248,6 +304,41 @@ def online_rows(device, repeats: int, quick: bool, progress) -> list:
     return rows
 
 
+GPU_WIDTHS = (1000, 2048, 4096)
+GPU_BATCHES = (50, 256, 1024)
+
+
+def gpu_rows(device, repeats: int, peak: float, widths=GPU_WIDTHS, batches=GPU_BATCHES, progress=print,
+             graph: bool = True) -> list:
+    """P-TNCN (L = 2, V = 49, the reference optimizer fused into the step, the step captured as a
+    CUDA graph: the ``cuda_graph`` option) beside the same-size cuDNN LSTM with truncated BPTT
+    (window 50), timed in turn, at each width H and batch B; each P-TNCN row's useful GFLOP/s as a
+    fraction of ``peak`` (the run's 2048³ rate) and, in the note, of the measured B×H @ H×H rate.
+    The widest, B = 256 configuration is also run with TF32 matmuls. ``graph=False`` runs the
+    same rows eagerly and in fp32 (how the CPU tests run it)."""
+    rows = []
+    for H in widths:
+        for B in batches:
+            progress(f"GPU: P-TNCN and LSTM H={H} B={B} ...")
+            shape = matmul_gflops(B, H, H, device, repeats)
+            variants = {"fp32": {"cuda_graph": graph}}
+            if graph and H == max(widths) and B == sorted(batches)[len(batches) // 2]:
+                variants["tf32"] = {"cuda_graph": graph, "precision": "tf32"}
+            learners = {key: ptncn_learner([H, H], 49, device, **o) for key, o in variants.items()}
+            learners["lstm"] = build_learner("lstm", {"hidden": [H, H], "bptt": 50}, 49, device)
+            steps = 50 * max(1, ptncn_steps(learners["fp32"], B) // 50)
+            rates = learner_train_rates(learners, B, steps, repeats)
+            flops = ptncn_flops_per_token(learners["fp32"].model)
+            for key in variants:
+                useful = rates[key] * flops / 1e9
+                rows.append(Row(f"GPU P-TNCN L=2 H={H} B={B} V=49{', TF32' if key == 'tf32' else ''}", rates[key],
+                                useful, useful / peak,
+                                note=f"{useful / shape:.0%} of the {B}×{H} @ {H}×{H} rate ({shape:,.0f} GFLOP/s); "
+                                     f"P-TNCN / LSTM = {rates[key] / rates['lstm']:.2f}"))
+            rows.append(Row(f"GPU LSTM L=2 H={H} B={B}, cuDNN, truncated BPTT (50)", rates["lstm"]))
+    return rows
+
+
 def run_all(device="cpu", repeats=5, quick=False, progress=print, online_only=False) -> dict:
     """Measure everything (``online_only``: the rates and the online learners' rows); return the
     JSON-ready result (also see ``format_table``)."""
@@ -270,23 +361,31 @@ def run_all(device="cpu", repeats=5, quick=False, progress=print, online_only=Fa
 
     if not online_only:
         for H in [256] if quick else [256, 1000]:
-            rates = {}
-            for compiled in (False, True):
-                progress(f"P-TNCN H={H}{' compiled' if compiled else ''} ...")
-                rates[compiled] = ptncn_train_rate([H, H], 49, 50, device, repeats, compiled=compiled)
-                rows.append(ptncn_row(f"P-TNCN L=2 H={H} B=50 V=49{', torch.compile' if compiled else ''}",
-                                      tncn.PTNCN(49, [H, H]), rates[compiled],
-                                      f"compiled / eager = {rates[True] / rates[False]:.2f}" if compiled else ""))
+            progress(f"P-TNCN H={H}: fused, .grad, compiled ...")
+            learners = {"fused": ptncn_learner([H, H], 49, device), ".grad": ptncn_learner([H, H], 49, device, fused=False),
+                        "compiled": ptncn_learner([H, H], 49, device, compile=True)}
+            rates = learner_train_rates(learners, 50, ptncn_steps(learners["fused"], 50), repeats)
+            for key, label in (("fused", ""), (".grad", ", .grad + torch.optim"), ("compiled", ", torch.compile")):
+                note = learners[key].update_path
+                if key != "fused":
+                    note = f"fused / this = {rates['fused'] / rates[key]:.2f}; {note}"
+                rows.append(ptncn_row(f"P-TNCN L=2 H={H} B=50 V=49{label}", learners[key].model, rates[key], note))
             for cell in ("lstm", "gru"):
                 progress(f"{cell.upper()} H={H} ...")
                 r = bptt_train_rate(cell, H, 2, 49, 50, 50, device, repeats)
                 rows.append(Row(f"{cell.upper()} L=2 H={H} B=50, truncated BPTT (50)", r,
-                                note=f"P-TNCN / {cell.upper()} = {rates[False] / r:.2f} eager, "
-                                     f"{rates[True] / r:.2f} compiled"))
+                                note=f"P-TNCN / {cell.upper()} = {rates['fused'] / r:.2f}"))
         if not quick:
-            progress("P-TNCN word level ...")
-            rate = ptncn_train_rate([1000, 1000], 10000, 50, device, max(1, repeats // 2))
-            rows.append(ptncn_row("P-TNCN L=2 H=1000 B=50 V=10000 (word)", tncn.PTNCN(10000, [1000, 1000]), rate))
+            progress("P-TNCN word level: fused, .grad ...")
+            learners = {"fused": ptncn_learner([1000, 1000], 10000, device),
+                        ".grad": ptncn_learner([1000, 1000], 10000, device, fused=False)}
+            rates = learner_train_rates(learners, 50, ptncn_steps(learners["fused"], 50), max(1, repeats // 2))
+            for key, label in (("fused", ""), (".grad", ", .grad + torch.optim")):
+                note = learners[key].update_path if key == "fused" else f"fused / this = {rates['fused'] / rates[key]:.2f}"
+                rows.append(ptncn_row(f"P-TNCN L=2 H=1000 B=50 V=10000 (word){label}", learners[key].model,
+                                      rates[key], note))
+        if torch.device(device).type == "cuda" and not quick:
+            rows += gpu_rows(device, repeats, result["matmul_gflops"], progress=progress)
         for kind, label in (("ptncn", "P-TNCN (no autograd)"), ("lstm", "LSTM, full BPTT")):
             for T in [100, 1000] if quick else [100, 1000, 10000]:
                 progress(f"memory {label} T={T} ...")
@@ -308,7 +407,8 @@ def format_table(result: dict) -> str:
         f"{result['matmul_gflops_50x1000x1000']:.0f} GFLOP/s (50×1000 @ 1000×1000); "
         f"memory bandwidth {result['stream_gbps']:.1f} GB/s (c = a + b)",
         "bound: the tokens/s if the step's products ran at the measured rate of its shape (50×H @ H×H) and "
-        "its weight traffic (updates, fused Nesterov step) at the measured bandwidth, and nothing else cost time",
+        "its weight traffic (the update path's weight-sized passes, tncn.bench.ptncn_step_bytes) at the measured "
+        "bandwidth, and nothing else cost time",
         "",
         "| configuration | tokens/s | useful GFLOP/s | fraction of matmul peak | bound tokens/s | fraction of bound "
         "| peak memory MB | note |",

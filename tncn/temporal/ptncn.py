@@ -46,6 +46,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from tncn.fused import Collect, Fused, GradSink, is_linear, unsupported
 from tncn.layers import get_activation, grad_buffer, init_weight, lookup
 
 Tensor = torch.Tensor
@@ -170,6 +171,9 @@ class PTNCN(nn.Module):
         self._compiled = None  # torch.compile'd _fused, after compile_step()
         self.sync = None  # the ranks whose updates are summed (tncn.distributed.Group), None: alone
         self._flat = None  # (names, flat buffer, views): the summed updates under ``sync``
+        self._stepper: Optional[Fused] = None  # the optimizer fused into train_step (use_optimizer)
+        self._held: dict = {}  # {l: D^l} while E^l is held as γ W^l + D^l (use_optimizer)
+        self._signs_cache = None  # (signs, tensor) of the update jobs (_signs)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -399,10 +403,12 @@ class PTNCN(nn.Module):
             raise RuntimeError("local_updates() needs a step() first")
         if not last["corrected"]:
             raise RuntimeError("no local updates after a step without state correction")
+        if self._stepper is not None:
+            raise RuntimeError("this model steps its optimizer itself (use_optimizer): train it with train_step")
         if last["t"] == 0:
             return self._no_updates()
         self._updates(last["z"], last["e"], last["eps"], last["y_prev"], last["x_prev"], last["m_prev"],
-                      last["eps_prev"], out=self._grad_out)
+                      last["eps_prev"], GradSink(self))
         return True
 
     def _no_updates(self) -> bool:
@@ -411,23 +417,19 @@ class PTNCN(nn.Module):
             prm.grad = None
         return False
 
-    def _grad_out(self, name: str) -> Tensor:
-        """The reused ``param.grad`` buffer of the parameter ``name`` (where eager updates go)."""
-        return grad_buffer(getattr(self, name))
-
-    def _updates(self, z, e, eps, y_prev, x_prev, m_prev, eps_prev, out=None) -> dict:
-        """Step 4: the clipped, batch-averaged updates {parameter name: tensor}.
+    def _updates(self, z, e, eps, y_prev, x_prev, m_prev, eps_prev, sink=None) -> dict:
+        """Step 4: the clipped, batch-averaged updates, handed to ``sink`` (``tncn.fused``: into
+        ``param.grad``, stepped straight into the optimizer, or by default returned as new tensors
+        {parameter name: tensor}).
 
         Every update is an outer product Aᵀ B of two batch-sized factors. Its Frobenius norm comes
         from the two B×B Gram matrices (‖AᵀB‖² = Σ (AAᵀ) ⊙ (BBᵀ)), all clip factors in one vector
-        operation, and each product is written once, already scaled: into ``out(name)`` (a reused
-        buffer) when given, else into a new tensor.
+        operation, and each product is formed once, the clip factor and 1/B folded into B.
         """
         jobs = self._jobs(z, e, eps, y_prev, x_prev, eps_prev)
         if self.sync is not None:
             return self._reduced_updates(jobs, m_prev)
         B = z[1].shape[0]
-        transpose_rule = self.e_rule == "transpose"
         grams = {}
         for _, A, ka, Bm, kb, _ in jobs:
             for key, t in ((ka, A), (kb, Bm)):
@@ -437,22 +439,26 @@ class PTNCN(nn.Module):
                     else:
                         grams[key] = _gram(t)
         n2 = (torch.stack([grams[j[2]] for j in jobs]) * torch.stack([grams[j[4]] for j in jobs])).sum((1, 2))
-        norms = n2.clamp_min(0.0).sqrt() * torch.tensor([abs(j[5]) for j in jobs], dtype=n2.dtype, device=n2.device)
+        signs = self._signs(jobs, n2)
+        norms = n2.clamp_min(0.0).sqrt() * signs.abs()
         clipped = self._clip_factor(norms)
-        scales = (clipped * (1.0 / B)) * torch.tensor([j[5] for j in jobs], dtype=n2.dtype, device=n2.device)
-        grads = {}
-        for k, (name, A, ka, Bm, _, _) in enumerate(jobs):
-            if ka == ("y", 0) and self.tokens:  # ΔM^1: an index-add of B rows
-                g = torch.zeros_like(self.M1) if out is None else out(name).zero_()
-                grads[name] = g.index_add_(0, A, Bm * (m_prev * scales[k]).unsqueeze(1))
-            else:
-                grads[name] = torch.mm(A.T, Bm * scales[k], out=None if out is None else out(name))
-        if transpose_rule:  # ΔE^l = clip(γ clip(ΔW^l)ᵀ): stored transposed, a scaled copy of ΔW^l
-            for k, (name, _, (kind, l), _, _, _) in enumerate(jobs):
-                if kind == "z":
-                    factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
-                    grads[f"E{l}"] = torch.mul(grads[name], factor, out=None if out is None else out(f"E{l}"))
-        return grads
+        scales = clipped * (1.0 / B) * signs
+        # ΔE^l = clip(γ clip(ΔW^l)ᵀ) under the transpose rule: stored transposed, c·ΔW^l
+        ties = self.gamma * self._clip_factor(norms * clipped * abs(self.gamma))
+        if n2.device.type == "cpu" and not torch.compiler.is_compiling():
+            scales, ties = scales.tolist(), ties.tolist()  # no wait on a CPU; addmm's alpha takes them
+        sink = Collect(self) if sink is None else sink
+        held = self._held if sink is self._stepper else {}
+        for k, (name, A, (kind, l), Bm, _, _) in enumerate(jobs):
+            if (kind, l) == ("y", 0) and self.tokens:  # ΔM^1: an index-add of B rows
+                mask = m_prev if isinstance(scales[k], float) else m_prev * scales[k]
+                sink.rows(name, A, Bm * mask.unsqueeze(1), scales[k] if isinstance(scales[k], float) else 1.0)
+                continue
+            tie = kind == "z" and self.e_rule == "transpose" and l not in held
+            sink.outer(name, A, Bm, scales[k], (f"E{l}", ties[k]) if tie else None)
+            if kind == "z" and l in held:  # E^l = γ W^l + D^l (``use_optimizer``)
+                torch.add(held[l], getattr(self, name), alpha=self.gamma, out=self._w("E", l))
+        return sink.grads
 
     def _jobs(self, z, e, eps, y_prev, x_prev, eps_prev) -> list:
         """The factors of each update Aᵀ B: (parameter name, A, A's key, B, B's key, sign·γ)."""
@@ -474,6 +480,13 @@ class PTNCN(nn.Module):
             if self._w("U", l) is not None:
                 jobs.append((f"U{l}", y_prev[l + 1], ("y", l + 1), eps[l], ("eps", l), 1.0))
         return jobs
+
+    def _signs(self, jobs: list, like: Tensor) -> Tensor:
+        """The sign·γ of each job's update, as a tensor made once per job list."""
+        key = tuple(j[5] for j in jobs)
+        if self._signs_cache is None or self._signs_cache[0] != key or self._signs_cache[1].device != like.device:
+            self._signs_cache = (key, torch.tensor(key, dtype=like.dtype, device=like.device))
+        return self._signs_cache[1]
 
     def _reduced_updates(self, jobs: list, m_prev: Tensor) -> dict:
         """Step 4 across the ranks of ``self.sync`` (``tncn.distributed``), in the one-process order:
@@ -509,7 +522,7 @@ class PTNCN(nn.Module):
             for k, (name, _, (kind, l), _, _, _) in enumerate(jobs):
                 if kind == "z":
                     factor = self.gamma * self._clip_factor(norms[k] * clipped[k] * abs(self.gamma))
-                    grads[f"E{l}"] = torch.mul(grads[name], factor, out=self._grad_out(f"E{l}"))
+                    grads[f"E{l}"] = torch.mul(grads[name], factor, out=grad_buffer(self._w("E", l)))
         return grads
 
     def _clip_factor(self, norm: Tensor) -> Tensor:
@@ -532,9 +545,11 @@ class PTNCN(nn.Module):
     @torch.no_grad()
     def train_step(self, x: Tensor, mask: Optional[Tensor] = None) -> bool:
         """``step(x, mask)`` then ``local_updates()`` in one call, with the same numbers; returns
-        whether updates were written (False on the first step after ``reset``).
+        whether updates were made (False on the first step after ``reset``).
 
-        After ``compile_step()`` the whole step (hypothesis, correction, updates) runs as one
+        The updates go into ``param.grad`` for the caller's ``optimizer.step()``, unless
+        ``use_optimizer`` fused the optimizer into the step: then they are applied here. After
+        ``compile_step()`` the whole step (hypothesis, correction, updates) runs as one
         ``torch.compile`` graph, and the updates are handed over as new ``param.grad`` tensors.
         """
         if self._state is None:
@@ -543,10 +558,10 @@ class PTNCN(nn.Module):
         st = self._state
         learn = st["t"] > 0
         if self._compiled is None:
-            core, out = self._fused, self._grad_out
+            core, sink = self._fused, self._stepper or GradSink(self)
         else:
-            core, out = self._compiled, None
-        logits, z, y, e, eps, grads = core(st["y"], st["x"], st["m"], st["eps"], x, m, learn, out)
+            core, sink = self._compiled, None
+        logits, z, y, e, eps, grads = core(st["y"], st["x"], st["m"], st["eps"], x, m, learn, sink)
         self._advance(z, logits, y, e, eps, x, m, True)
         if not learn:
             return self._no_updates()
@@ -555,12 +570,92 @@ class PTNCN(nn.Module):
                 getattr(self, name).grad = g
         return True
 
-    def _fused(self, y_prev, x_prev, m_prev, eps_prev, x, m, learn: bool, out=None):
+    def _fused(self, y_prev, x_prev, m_prev, eps_prev, x, m, learn: bool, sink=None):
         """Steps 1-4 as one pure function of the carried state and x_t (what ``compile_step`` compiles)."""
         h = self._hypothesis(y_prev, x_prev, m_prev)
         y, e, eps = self._correction(h, x, m)
-        grads = self._updates(h["z"], e, eps, y_prev, x_prev, m_prev, eps_prev, out) if learn else {}
+        grads = self._updates(h["z"], e, eps, y_prev, x_prev, m_prev, eps_prev, sink) if learn else {}
         return h["logits"], h["z"], y, e, eps, grads
+
+    # ------------------------------------------------------------------ the optimizer inside the step
+
+    @property
+    def steps_optimizer(self) -> bool:
+        """Whether ``train_step`` applies the optimizer itself (``use_optimizer``)."""
+        return self._stepper is not None
+
+    @torch.no_grad()
+    def use_optimizer(self, optimizer: torch.optim.Optimizer, offsets: Optional[dict] = None) -> str:
+        """Let ``train_step`` step ``optimizer`` itself, straight from each update's factors
+        (``tncn.fused``: no ``param.grad``, fewer weight-sized passes), where it can; returns the
+        update path in words (``tncn bench`` prints it).
+
+        Where the step is linear in the updates (SGD, momentum or Nesterov without weight decay)
+        and ΔE^l = γ (ΔW^l)ᵀ exactly (the transpose rule, and |γ| ≤ 1 or no clip, so that the
+        second clip of ΔE never acts), E^l − γ W^l never changes: E^l is then held as γ W^l + D^l
+        with D^l fixed at its value now, and E's update, momentum and their traffic disappear,
+        with the same numbers up to float rounding. Any other case keeps E's own update, and the
+        returned line says why. Call it again after loading weights or optimizer state, with the
+        ``offsets`` {l: D^l} that ``held`` gave when the state was saved (a resumed run then
+        continues bit for bit; without them D^l is E^l − γ W^l of the loaded weights, which
+        equals the saved D^l up to float rounding).
+        """
+        self._stepper, self._held = None, {}
+        why = (unsupported(optimizer)
+               or ("the torch.compile'd step hands its updates over as .grad" if self._compiled is not None else None)
+               or ("the data-parallel step sums .grad buffers" if self.sync is not None else None))
+        if why:
+            return f".grad, then optimizer.step() ({why})"
+        self._stepper = Fused(self, optimizer)
+        why = self._why_not_held(optimizer)
+        if why:
+            return f"fused into the optimizer's state; E updated (not held: {why})"
+        for l in range(1, self.L + 1):
+            E = self._w("E", l)
+            given = (offsets or {}).get(l)
+            self._held[l] = given.to(E) if given is not None and given.shape == E.shape else E - self.gamma * self._w("W", l)
+            optimizer.state[E].pop("momentum_buffer", None)
+        return "fused into the optimizer's state; E held as γWᵀ + D (no update of its own)"
+
+    def _why_not_held(self, optimizer) -> Optional[str]:
+        """Why E^l − γ W^l may change under ``optimizer`` (None: it stays fixed; ``use_optimizer``)."""
+        if self.e_rule != "transpose":
+            return "the temporal E rule"
+        if not is_linear(optimizer):
+            return f"{type(optimizer).__name__}{' with weight decay' if type(optimizer) is torch.optim.SGD else ''} " \
+                   "is not linear in the updates"
+        if self.clip is not None and abs(self.gamma) > 1:
+            return "|γ| > 1, so the second clip of ΔE can act"
+        if self.max_norm is not None:
+            return "max_norm projects E's rows apart from W's"
+        for l in range(1, self.L + 1):
+            W, E = self._w("W", l), self._w("E", l)
+            if self._stepper.group(W) is not self._stepper.group(E):
+                return f"W{l} and E{l} are in different parameter groups"
+            bw, be = (optimizer.state[p].get("momentum_buffer") for p in (W, E))
+            if (bw is None) != (be is None) or (bw is not None and not torch.allclose(be, self.gamma * bw)):
+                return f"E{l}'s momentum is not γ times W{l}'s"
+        return None
+
+    @property
+    def held(self) -> dict:
+        """{l: D^l} for the error weights held as E^l = γ W^l + D^l (``use_optimizer``; empty: none)."""
+        return dict(self._held)
+
+    def complete_optimizer_state(self, state: dict) -> dict:
+        """The attached optimizer's ``state_dict()`` ``state`` as the ``.grad`` path would have it:
+        a held E^l's momentum buffer γ·(W^l's), so that a saved state resumes on either path
+        (a new dict; ``state`` itself is left as it is)."""
+        if not self._held:
+            return state
+        index = {p: i for i, p in enumerate(p for g in self._stepper.optimizer.param_groups for p in g["params"])}
+        packed = dict(state["state"])
+        for l in self._held:
+            bw = packed.get(index[self._w("W", l)], {}).get("momentum_buffer")
+            if bw is not None:
+                iE = index[self._w("E", l)]
+                packed[iE] = {**packed.get(iE, {}), "momentum_buffer": self.gamma * bw}
+        return {**state, "state": packed}
 
     def compile_step(self) -> None:
         """Run ``train_step`` through ``torch.compile`` (the first steps compile: seconds to a
@@ -570,6 +665,7 @@ class PTNCN(nn.Module):
             raise ValueError(f"the {stochastic[0]} activation draws from a torch.Generator, which "
                              "torch.compile does not trace; train this model eagerly")
         self._compiled = torch.compile(self._fused)
+        self._stepper, self._held = None, {}  # the compiled step hands its updates over as .grad
 
     def extra_repr(self) -> str:
         o = self.options()

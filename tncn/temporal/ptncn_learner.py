@@ -10,13 +10,20 @@ reset). Evaluation runs ``model.step`` with every weight frozen, with the state 
 Options: ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults are read from
 ``PTNCN`` itself (the reference behaviour), the optimizer (the reference: Nesterov SGD, lr 0.075,
 momentum 0.95) and ``compile`` (run each training step as one ``torch.compile`` graph,
-``PTNCN.compile_step``; the same numbers up to float rounding).
+``PTNCN.compile_step``; the same numbers up to float rounding). ``cuda_graph`` replays each
+learning step as one CUDA graph (``tncn.temporal.cuda_graph``; CUDA only, with the optimizer fused
+into the step). ``precision`` is "fp32", "tf32" (CUDA matmuls on TF32 tensor cores, switched on
+only within this learner's own segments) or "bf16" (weights, states and optimizer state stored in
+bfloat16: an update smaller than about 2^-8 of its weight is lost in the rounding).
 
 Exact data parallelism (``tncn.distributed``): ``distribute`` hands the model the rank group, and
 each step's updates are summed over the ranks before the clip, ΔE and the division by the global
-batch (``PTNCN._reduced_updates``); not with ``compile``.
+batch (``PTNCN._reduced_updates``); not with ``compile`` or ``cuda_graph``.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import torch
 
@@ -27,9 +34,11 @@ from tncn.metrics import Tally
 from tncn.optim import SCHEDULE, optimizer_options
 from tncn.options import BOOL, FLOAT, INT, STR, Option, argument, at_least, non_negative, optional, positive
 from tncn.temporal.base import SequenceLearner, hidden_option
+from tncn.temporal import cuda_graph
 from tncn.temporal.ptncn import E_RULES, PTNCN, W_ERRORS
 
 _NAMES = tuple(ACTIVATIONS)
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def _model_option(name: str, kind, help: str, **kw) -> Option:
@@ -68,11 +77,23 @@ class PTNCNLearner(SequenceLearner):
     name = "ptncn"
     label = "P-TNCN"
     has_correction = True
+    _path = None  # (optimizer, update path) once the optimizer is attached (update_path)
+    _offsets = None  # a loaded state's held-E offsets, until the optimizer is attached
     data_parallel = "one SUM all-reduce of the shards' summed local updates, then the clip, ΔE and 1/B on every rank"
     OPTIONS = (hidden_option([1000, 1000], "widths of the latent layers, any L ≥ 1 (the reference: 1000,1000)"),
                *MODEL_OPTIONS, *optimizer_options("nesterov", 0.075, tune=("nesterov", "adam")), *SCHEDULE,
                Option("compile", BOOL, False, "run each training step as one torch.compile graph (compiling takes "
-                                              "up to a minute; the same numbers up to float rounding)", runtime=True))
+                                              "up to a minute; the same numbers up to float rounding)", runtime=True),
+               Option("fused", BOOL, True, "step sgd, momentum, nesterov and adam inside the training step, "
+                                           "straight from each update's factors (no .grad; E held as γWᵀ + D where "
+                                           "exact); false: write .grad, then optimizer.step()", runtime=True),
+               Option("cuda_graph", BOOL, False, "replay each training step as one CUDA graph (CUDA only; needs an "
+                                                 "optimizer fused into the step: sgd, momentum, nesterov or adam; "
+                                                 "recaptured when the learning rate changes)", runtime=True),
+               Option("precision", STR, "fp32", "number format: fp32; tf32 (CUDA matmuls on TF32 tensor cores); "
+                                                "bf16 (weights, states and optimizer state in bfloat16: updates "
+                                                "smaller than about 2^-8 of a weight are lost)", choices=PRECISIONS))
+    _graph = None  # the GraphStep that trains the model under cuda_graph, made at the first training segment
 
     @classmethod
     def n_params(cls, size: int, hidden: list, options: dict) -> int:
@@ -91,17 +112,38 @@ class PTNCNLearner(SequenceLearner):
         if mode == "exact" and options["compile"]:
             raise UserError("--compile does not run under torchrun with --parallel exact: the all-reduce of the "
                             "updates sits inside the compiled step; train eagerly")
+        if mode == "exact" and options["cuda_graph"]:
+            raise UserError("--cuda-graph does not run under torchrun with --parallel exact: the all-reduce sums "
+                            ".grad buffers, so the optimizer cannot step inside the graph; train eagerly")
 
     def _exact_parallel(self, group) -> None:
         self.model.sync = group
 
     def build(self) -> PTNCN:
         o = self.options
+        if o["precision"] == "tf32" and self.device.type != "cuda":
+            raise UserError(f"--precision tf32 needs a CUDA device (TF32 is a CUDA tensor-core format), not "
+                            f"{self.device.type}; use fp32 or bf16")
         model = PTNCN(self.size, o["hidden"], tokens=not self.frames, generator=self.generator,
                       **{opt.name: o[opt.name] for opt in MODEL_OPTIONS})
+        if o["precision"] == "bf16":
+            model.to(torch.bfloat16)
+        if o["cuda_graph"]:
+            if o["compile"]:
+                raise UserError("--cuda-graph and --compile do not go together: choose one")
+            why = cuda_graph.unsupported(model, self.device)
+            if why:
+                raise UserError(f"--cuda-graph: {why}")
         if o["compile"]:
             model.compile_step()
         return model
+
+    def _precision(self):
+        """The matmul settings of ``precision`` for one of this learner's own calls: TF32 on for
+        "tf32" and the previous settings restored after (other models in the process keep theirs)."""
+        if self.options["precision"] != "tf32":
+            return contextlib.nullcontext()
+        return _tf32()
 
     # ------------------------------------------------------------------ state
 
@@ -113,15 +155,67 @@ class PTNCNLearner(SequenceLearner):
 
     # ------------------------------------------------------------------ segments
 
+    @property
+    def update_path(self) -> str:
+        """How the updates reach the weights (``PTNCN.use_optimizer``), attaching the optimizer
+        to the model the first time, and again whenever the optimizer was rebuilt (a load)."""
+        if self._path is None or self._path[0] is not self.opt:
+            if self._unfused_sgd():
+                self._path = (self.opt, ".grad, then optimizer.step() (unfused: torch's fused CPU SGD skips most "
+                                        "bfloat16 updates, pytorch/pytorch#191763)")
+            else:
+                self._path = (self.opt, self.model.use_optimizer(self.opt, self._offsets) if self.options["fused"]
+                              else ".grad, then optimizer.step() (fused=false)")
+            self._offsets = None
+        return self._path[1]
+
+    def _unfused_sgd(self) -> bool:
+        """Under bf16 on a CPU whose torch has the fused-SGD bug (``fused_sgd_steps``), switch the
+        SGD optimizer to torch's unfused step and keep its updates on the ``.grad`` path."""
+        dtype = self.model.W1.dtype
+        if self.device.type != "cpu" or type(self.opt) is not torch.optim.SGD or fused_sgd_steps(dtype):
+            return False
+        for group in self.opt.param_groups:
+            group["fused"] = False
+        return True
+
+    def state_dict(self) -> dict:
+        """The protocol's state, plus the offsets D^l of a held E (so a resumed run is bit-exact)."""
+        d = super().state_dict()
+        return {**d, "optimizer": self.model.complete_optimizer_state(d["optimizer"]), "held_E": self.model.held}
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self._offsets = d.get("held_E")  # handed to use_optimizer when the loaded optimizer is attached
+
+    def _train_step(self):
+        """What runs one training step: ``model.train_step``, or under ``cuda_graph`` the
+        ``GraphStep`` that replays it (made on first use, once the optimizer is attached)."""
+        if not self.options["cuda_graph"]:
+            return self.model.train_step
+        if not self.model.steps_optimizer:
+            raise UserError(f"--cuda-graph needs the optimizer stepped inside the training step, but this run's "
+                            f"updates go {self.update_path}")
+        if self._graph is None:
+            self._graph = cuda_graph.GraphStep(self.model)
+        return self._graph.step
+
     def _segment(self, batch, learn: bool, correction: bool = True) -> Tally:
+        with self._precision():
+            return self._run_segment(batch, learn, correction)
+
+    def _run_segment(self, batch, learn: bool, correction: bool) -> Tally:
+        if learn:
+            self.update_path  # noqa: B018 (attaches the optimizer)
+            train_step = self._train_step()
         tokens, mask, score = self._on_device(batch)
         if batch.reset or self.model.batch_size is None:
             self.model.reset(tokens.shape[1])
         bits = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
         for t, scored in enumerate(batch.score.any(dim=1).tolist()):
-            if learn:  # step and local updates in one call (one graph when compiled)
-                updated = self.model.train_step(tokens[t], mask[t])
+            if learn:  # step and local updates in one call (one graph when compiled or captured)
+                updated = train_step(tokens[t], mask[t])
             else:
                 self.model.step(tokens[t], mask[t], update_states=correction)
             if scored:
@@ -129,23 +223,50 @@ class PTNCNLearner(SequenceLearner):
                 bits += b
                 hits += h
             if learn and updated:
-                self.opt.step()
+                if not self.model.steps_optimizer:
+                    self.opt.step()
                 self.model.project_()
         return Tally(float(bits), batch.n_scored, int(hits))
 
     def _next_logits(self, ids: torch.Tensor, start: bool) -> torch.Tensor:
-        if start:
-            self.model.reset(1)
-        for x in ids:
-            self.model.step(x.view(1))
-        self.model.hypothesize()
-        return self.model.last_logits[0]
+        with self._precision():
+            if start:
+                self.model.reset(1)
+            for x in ids:
+                self.model.step(x.view(1))
+            self.model.hypothesize()
+            return self.model.last_logits[0]
 
     def _predict_frames(self, frames: torch.Tensor, correction: bool) -> torch.Tensor:
-        self.model.reset(1)
-        out = torch.full(frames.shape, float("nan"))
-        for t, x in enumerate(frames):
-            x_hat = self.model.step(x.view(1, -1), update_states=correction)
-            if t:
-                out[t] = x_hat[0].float().cpu()
-        return out
+        with self._precision():
+            self.model.reset(1)
+            out = torch.full(frames.shape, float("nan"))
+            for t, x in enumerate(frames):
+                x_hat = self.model.step(x.view(1, -1), update_states=correction)
+                if t:
+                    out[t] = x_hat[0].float().cpu()
+            return out
+
+
+@functools.cache
+def fused_sgd_steps(dtype: torch.dtype) -> bool:
+    """Whether torch's fused CPU SGD kernel steps ``dtype`` weights correctly: torch 2.12-2.13
+    leave every full SIMD block of a bfloat16 or float16 weight unchanged and garble the momentum
+    (pytorch/pytorch#191763, fixed by #192545). Two Nesterov steps on 64 elements, exact in bf16."""
+    p, g, b = torch.ones(64, dtype=dtype), torch.ones(64, dtype=dtype), torch.zeros(64, dtype=dtype)
+    for first in (True, False):  # b = 1, p = 1 - 0.5·1.5 = 0.25; then b = 1.5, p = 0.25 - 0.5·1.75
+        torch._fused_sgd_([p], [g], [b], weight_decay=0.0, momentum=0.5, lr=0.5, dampening=0.0, nesterov=True,
+                          maximize=False, is_first_step=first)
+    return bool((p == -0.625).all()) and bool((b == 1.5).all())
+
+
+@contextlib.contextmanager
+def _tf32():
+    """CUDA matmuls and cuDNN convolutions may use TF32 within the block; the previous settings after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
