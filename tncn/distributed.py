@@ -15,7 +15,7 @@ lengths of its own sequences). Two ways to combine the ranks (``--parallel``):
   step on every rank, so the ranks' weights stay bit-identical.
 - ``average``: local SGD (Lin et al., "Don't use large mini-batches, use local SGD", ICLR 2020):
   each rank learns from its shard alone, as a one-process run with batch B/N would, and the
-  parameters are averaged over the ranks every k training steps (torch.distributed's
+  parameters are averaged over the ranks every k training steps (torch.distributed.s
   ``PeriodicModelAverager``). A different algorithm from the one-process run, for any learner.
 
 The same start on every rank: the weights and fixed random matrices are broadcast from rank 0,
@@ -143,12 +143,14 @@ class Group:
                 dist.broadcast(t.data, src=0)
 
     def average(self, module: torch.nn.Module, step: int) -> None:
-        """``average`` mode: the mean of the ranks' parameters after every ``every``-th step."""
-        from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+        """``average`` mode: the mean of the ranks' parameters after every ``every``-th step (the
+        count of training steps done: after steps k, 2k, ...), as ``PeriodicModelAverager``
+        does, but of every parameter: that averager skips parameters without ``.grad``, which a
+        learner that steps its optimizer itself (``tncn.fused``) never writes."""
+        from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-        averager = PeriodicModelAverager(period=self.every, warmup_steps=0)
-        averager.step = step  # the count of training steps done: averages after steps k, 2k, ...
-        averager.average_parameters(module.parameters())
+        if step % self.every == 0:
+            average_parameters(iter(module.parameters()), dist.group.WORLD)
 
 
 # --------------------------------------------------------------------------- start and stop
