@@ -15,8 +15,8 @@ lengths of its own sequences). Two ways to combine the ranks (``--parallel``):
   step on every rank, so the ranks' weights stay bit-identical.
 - ``average``: local SGD (Lin et al., "Don't use large mini-batches, use local SGD", ICLR 2020):
   each rank learns from its shard alone, as a one-process run with batch B/N would, and the
-  parameters are averaged over the ranks every k training steps (torch.distributed.s
-  ``PeriodicModelAverager``). A different algorithm from the one-process run, for any learner.
+  parameters are averaged over the ranks every k training steps (torch.distributed's
+  model-averaging ``average_parameters``). A different algorithm from the one-process run, for any learner.
 
 The same start on every rank: the weights and fixed random matrices are broadcast from rank 0,
 each rank > 0 draws its noise from a generator seeded with seed + rank (rank 0 keeps the seed's),
