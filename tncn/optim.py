@@ -1,7 +1,9 @@
 """The one optimizer factory of tncn, its declared options and a lazily built optimizer.
 
 Every learner (sequence or feedforward) writes its updates into ``param.grad`` and a stock
-``torch.optim`` optimizer applies them (``tncn.learners.base``, ``tncn.temporal.base``). The names:
+``torch.optim`` optimizer applies them (``tncn.learners.base``, ``tncn.temporal.base``), except
+where a learner steps the optimizer itself, straight from its updates' factors (P-TNCN with SGD
+or Adam: ``tncn.fused``; the same numbers, in the optimizer's own state). The names:
 
 - ``sgd``: plain SGD (``momentum`` optional, 0 when not given);
 - ``momentum``: SGD with heavy-ball momentum;

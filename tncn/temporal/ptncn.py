@@ -274,11 +274,13 @@ class PTNCN(nn.Module):
         """Step 1 from the carried states y^l_{t-1} and x_{t-1}: a^l, z^l, the logits, p^l and x̂_t."""
         a = [None] * (self.L + 1)
         for l in range(1, self.L + 1):
+            # the drive is a fresh tensor: the other terms are added in place (an addmm with a
+            # separate input costs about twice as much at these sizes)
             a_l = self._input_drive(x_prev, m_prev) if l == 1 else y[l - 1] @ self._w("M", l)
-            a_l = torch.addmm(a_l, y[l], self._w("V", l))
+            a_l.addmm_(y[l], self._w("V", l))
             U = self._w("U", l)
             if U is not None:
-                a_l = torch.addmm(a_l, y[l + 1], U)
+                a_l.addmm_(y[l + 1], U)
             a[l] = a_l
         z = [None] + [self.f(a[l], self.generator) for l in range(1, self.L + 1)]
         logits, p = self._predict(z)
@@ -355,7 +357,7 @@ class PTNCN(nn.Module):
 
     def _disturbance(self, l: int, e: list, a_l: Tensor) -> Tensor:
         """d^l = e^{l-1} E^l - α e^l (+ λ sign(a^l))."""
-        if l < self.L:
+        if l < self.L:  # addmm, not d.add_(e, alpha=-α): inductor drops that alpha (see _correction)
             d = torch.addmm(e[l], e[l - 1], self._w("E", l).T, beta=-self.alpha)
         else:
             d = e[l - 1] @ self._w("E", l).T
