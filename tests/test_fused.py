@@ -7,6 +7,7 @@ import torch
 
 import tncn
 import tncn.fused
+import tncn.temporal.ptncn
 from tncn.fused import Collect, Fused, product
 from tncn.temporal import build_learner
 
@@ -75,6 +76,44 @@ def test_fused_step_equals_grad_then_torch_optim(kind, options, tile):
         assert ours[name].keys() == theirs[name].keys(), name
         for key in ours[name]:
             torch.testing.assert_close(ours[name][key], theirs[name][key], rtol=0, atol=1e-12, msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("kind", ["nesterov", "momentum", "adam", "sgd"])
+def test_lazy_rows_of_M1_equal_the_dense_step(kind, monkeypatch):
+    """M^1 stepped lazily (only the rows a step reads or updates; the rest caught up in closed
+    form), through repeated ids, padding, a reset, evaluation steps and learning-rate changes."""
+    torch.manual_seed(0)
+    V, B, steps = 11, 4, 40
+    monkeypatch.setattr(tncn.temporal.ptncn, "LAZY_ROWS", V)  # so small a vocabulary is stepped lazily
+    models, opts = [], []
+    for lazy in (False, True):
+        torch.manual_seed(0)
+        model = tncn.PTNCN(V, [7, 5]).double()
+        opt = OPTIMIZERS[kind](model.parameters())
+        path = model.use_optimizer(opt, lazy_rows=lazy)
+        assert ("lazily" in path) == (lazy and kind in ("nesterov", "momentum"))
+        model.reset(B)
+        models.append(model)
+        opts.append(opt)
+    xs, masks = observations(steps, B, V, True)
+    for t in range(steps):
+        for model, opt in zip(models, opts):
+            if t == 20:
+                model.reset(B)
+            if t in (10, 30):  # the schedule changes the rate
+                opt.param_groups[0]["lr"] *= 0.5
+            if t == 25:  # an evaluation step reads rows, learns nothing
+                model.step(xs[t], masks[t])
+                continue
+            model.train_step(xs[t], masks[t])
+    dense, lazy = models
+    torch.testing.assert_close(lazy.last_logits, dense.last_logits, rtol=0, atol=1e-12)
+    lazy.flush_rows()
+    for (name, p), q in zip(lazy.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=name)
+    if kind in ("nesterov", "momentum"):
+        torch.testing.assert_close(opts[1].state[lazy.M1]["momentum_buffer"],
+                                   opts[0].state[dense.M1]["momentum_buffer"], rtol=0, atol=1e-12)
 
 
 def test_held_E_follows_the_full_path_over_many_steps_in_float32_with_clipping():

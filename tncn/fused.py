@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from tncn import lazy_rows
 from tncn.layers import grad_buffer
 
 Tensor = torch.Tensor
@@ -102,7 +103,9 @@ def is_linear(optimizer: torch.optim.Optimizer) -> bool:
 class Fused(GradSink):
     """Steps ``optimizer`` (``unsupported`` is None) from the factors (the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lazy: tuple = ()):
+        """``lazy``: names of the parameters whose ``rows`` updates are stepped lazily
+        (``tncn.lazy_rows``), where the optimizer's group allows it (``lazy_rows.supports``)."""
         why = unsupported(optimizer)
         if why:
             raise ValueError(f"cannot fuse the update into this optimizer: {why}")
@@ -111,6 +114,11 @@ class Fused(GradSink):
         self.sgd = type(optimizer) is torch.optim.SGD
         self._group = {p: g for g in optimizer.param_groups for p in g["params"]}
         self._scratch: dict = {}
+        self.lazy = {}  # {name: LazyRows}
+        for name in lazy:
+            prm = getattr(model, name)
+            if lazy_rows.supports(optimizer, self.group(prm)):
+                self.lazy[name] = lazy_rows.LazyRows(prm, self.group(prm), optimizer.state[prm])
 
     def group(self, prm: Tensor) -> dict:
         return self._group[prm]
@@ -121,11 +129,14 @@ class Fused(GradSink):
             self._scratch[key] = prm.new_empty(key[:2])
         return self._scratch[key]
 
-    def outer(self, name, A, B, scale, tied=None):
+    def outer(self, name, A, B, scale, tied=None, held=None):
+        """As ``Collect.outer``, the update stepped into the optimizer; ``held`` (name, D, γ): after
+        each tile of rows is stepped, that parameter's rows become D + γ·(the new rows), while the
+        tile is still in cache (P-TNCN's held E^l = γ W^l + D^l)."""
         prm = getattr(self.model, name)
         g = self.group(prm)
         state = self.optimizer.state[prm]
-        direct = self.sgd and tied is None and not isinstance(scale, Tensor)
+        direct = self.sgd and tied is None and held is None and not isinstance(scale, Tensor)
         if direct and g["momentum"] == 0:
             prm.addmm_(A.T, B, beta=1.0 - g["lr"] * g["weight_decay"], alpha=-g["lr"] * scale)
             return
@@ -146,8 +157,14 @@ class Fused(GradSink):
             self._step(prm, part, r, first[0])
             if other is not None:
                 self._step(other, part.mul_(tied[1]), r, first[1])
+            if held is not None:
+                tile = slice(r, r + part.shape[0])
+                torch.add(held[1][tile], prm[tile], alpha=held[2], out=getattr(self.model, held[0])[tile])
 
     def rows(self, name, ids, R, scale):
+        if name in self.lazy:
+            self.lazy[name].step(ids, R if scale == 1.0 else R * scale)
+            return
         prm = getattr(self.model, name)
         g = self.group(prm)
         if self.sgd and g["momentum"] == 0 and not isinstance(scale, Tensor):

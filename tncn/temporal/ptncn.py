@@ -52,6 +52,9 @@ from tncn.layers import get_activation, grad_buffer, init_weight, lookup
 Tensor = torch.Tensor
 
 OUTPUTS = ("softmax", "sigmoid", "identity")
+LAZY_ROWS = 1024
+"""The smallest vocabulary whose M^1 ``use_optimizer(lazy_rows=True)`` steps lazily: below it the
+dense step of M^1 costs less than the dozen small operations a lazy step takes."""
 E_RULES = ("transpose", "temporal")
 W_ERRORS = ("epsilon", "e")
 
@@ -173,6 +176,7 @@ class PTNCN(nn.Module):
         self._flat = None  # (names, flat buffer, views): the summed updates under ``sync``
         self._stepper: Optional[Fused] = None  # the optimizer fused into train_step (use_optimizer)
         self._held: dict = {}  # {l: D^l} while E^l is held as γ W^l + D^l (use_optimizer)
+        self._lazy = None  # M^1's LazyRows while its rows are stepped lazily (use_optimizer)
         self._signs_cache = None  # (signs, tensor) of the update jobs (_signs)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -236,8 +240,11 @@ class PTNCN(nn.Module):
     # ------------------------------------------------------------------ one time step
 
     def _input_drive(self, x: Tensor, m: Tensor) -> Tensor:
-        """x M^1 for the observation x (row gather for token ids; masked rows give zero)."""
+        """x M^1 for the observation x (row gather for token ids, of rows brought current first
+        when M^1 is stepped lazily; masked rows give zero)."""
         if self.tokens:
+            if self._lazy is not None:
+                self._lazy.catch_up(x)
             return self.M1.index_select(0, x) * m.unsqueeze(1)
         return x @ self.M1
 
@@ -456,10 +463,11 @@ class PTNCN(nn.Module):
                 mask = m_prev if isinstance(scales[k], float) else m_prev * scales[k]
                 sink.rows(name, A, Bm * mask.unsqueeze(1), scales[k] if isinstance(scales[k], float) else 1.0)
                 continue
-            tie = kind == "z" and self.e_rule == "transpose" and l not in held
+            if kind == "z" and l in held:  # E^l = γ W^l + D^l, rewritten tile by tile (``use_optimizer``)
+                sink.outer(name, A, Bm, scales[k], held=(f"E{l}", held[l], self.gamma))
+                continue
+            tie = kind == "z" and self.e_rule == "transpose"
             sink.outer(name, A, Bm, scales[k], (f"E{l}", ties[k]) if tie else None)
-            if kind == "z" and l in held:  # E^l = γ W^l + D^l (``use_optimizer``)
-                torch.add(held[l], getattr(self, name), alpha=self.gamma, out=self._w("E", l))
         return sink.grads
 
     def _jobs(self, z, e, eps, y_prev, x_prev, eps_prev) -> list:
@@ -587,7 +595,8 @@ class PTNCN(nn.Module):
         return self._stepper is not None
 
     @torch.no_grad()
-    def use_optimizer(self, optimizer: torch.optim.Optimizer, offsets: Optional[dict] = None) -> str:
+    def use_optimizer(self, optimizer: torch.optim.Optimizer, offsets: Optional[dict] = None,
+                      lazy_rows: bool = False) -> str:
         """Let ``train_step`` step ``optimizer`` itself, straight from each update's factors
         (``tncn.fused``: no ``param.grad``, fewer weight-sized passes), where it can; returns the
         update path in words (``tncn bench`` prints it).
@@ -601,23 +610,38 @@ class PTNCN(nn.Module):
         ``offsets`` {l: D^l} that ``held`` gave when the state was saved (a resumed run then
         continues bit for bit; without them D^l is E^l − γ W^l of the loaded weights, which
         equals the saved D^l up to float rounding).
+
+        ``lazy_rows`` (token inputs from a vocabulary of at least ``LAZY_ROWS``, SGD with
+        momentum, no weight decay or ``max_norm``): step M^1 lazily (``tncn.lazy_rows``): only the rows a step reads or updates are touched, the
+        others catch up in closed form when next read. M^1 and its momentum buffer are then
+        current only after ``flush_rows()``, which must run before anything reads them whole.
         """
-        self._stepper, self._held = None, {}
+        self.flush_rows()
+        self._stepper, self._held, self._lazy = None, {}, None
         why = (unsupported(optimizer)
                or ("the torch.compile'd step hands its updates over as .grad" if self._compiled is not None else None)
                or ("the data-parallel step sums .grad buffers" if self.sync is not None else None))
         if why:
             return f".grad, then optimizer.step() ({why})"
-        self._stepper = Fused(self, optimizer)
+        lazy = ("M1",) if lazy_rows and self.tokens and self.max_norm is None and self.input_size >= LAZY_ROWS else ()
+        self._stepper = Fused(self, optimizer, lazy)
+        self._lazy = self._stepper.lazy.get("M1")
+        rows = "; M1's rows stepped lazily" if self._lazy is not None else ""
         why = self._why_not_held(optimizer)
         if why:
-            return f"fused into the optimizer's state; E updated (not held: {why})"
+            return f"fused into the optimizer's state; E updated (not held: {why}){rows}"
         for l in range(1, self.L + 1):
             E = self._w("E", l)
             given = (offsets or {}).get(l)
             self._held[l] = given.to(E) if given is not None and given.shape == E.shape else E - self.gamma * self._w("W", l)
             optimizer.state[E].pop("momentum_buffer", None)
-        return "fused into the optimizer's state; E held as γWᵀ + D (no update of its own)"
+        return f"fused into the optimizer's state; E held as γWᵀ + D (no update of its own){rows}"
+
+    @torch.no_grad()
+    def flush_rows(self) -> None:
+        """Bring every lazily stepped row of M^1 and its momentum current (``use_optimizer``)."""
+        if self._lazy is not None:
+            self._lazy.flush()
 
     def _why_not_held(self, optimizer) -> Optional[str]:
         """Why E^l − γ W^l may change under ``optimizer`` (None: it stays fixed; ``use_optimizer``)."""
@@ -667,7 +691,8 @@ class PTNCN(nn.Module):
             raise ValueError(f"the {stochastic[0]} activation draws from a torch.Generator, which "
                              "torch.compile does not trace; train this model eagerly")
         self._compiled = torch.compile(self._fused)
-        self._stepper, self._held = None, {}  # the compiled step hands its updates over as .grad
+        self.flush_rows()
+        self._stepper, self._held, self._lazy = None, {}, None  # the compiled step hands its updates over as .grad
 
     def extra_repr(self) -> str:
         o = self.options()

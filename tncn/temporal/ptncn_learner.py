@@ -164,8 +164,11 @@ class PTNCNLearner(SequenceLearner):
                 self._path = (self.opt, ".grad, then optimizer.step() (unfused: torch's fused CPU SGD skips most "
                                         "bfloat16 updates, pytorch/pytorch#191763)")
             else:
-                self._path = (self.opt, self.model.use_optimizer(self.opt, self._offsets) if self.options["fused"]
-                              else ".grad, then optimizer.step() (fused=false)")
+                # M^1's rows lazily, flushed at the end of every training segment (not in a graph,
+                # whose kernels would bake the step count in)
+                lazy = not self.options["cuda_graph"]
+                self._path = (self.opt, self.model.use_optimizer(self.opt, self._offsets, lazy_rows=lazy)
+                              if self.options["fused"] else ".grad, then optimizer.step() (fused=false)")
             self._offsets = None
         return self._path[1]
 
@@ -226,6 +229,8 @@ class PTNCNLearner(SequenceLearner):
                 if not self.model.steps_optimizer:
                     self.opt.step()
                 self.model.project_()
+        if learn:
+            self.model.flush_rows()  # M^1 whole again for whatever reads it between segments
         return Tally(float(bits), batch.n_scored, int(hits))
 
     def _next_logits(self, ids: torch.Tensor, start: bool) -> torch.Tensor:
