@@ -1,8 +1,9 @@
 """Tokens per second of one P-TNCN training step: tncn.PTNCN against the naive step and against the
 ``ptncn`` learner that ``tncn train`` and ``tncn compare`` run, side by side.
 
-A training step is: hypothesize, correct, local updates into param.grad, and the reference
-optimizer (SGD, Nesterov, lr 0.075, momentum 0.95). Random token ids (every token real, no
+A training step is: hypothesize, correct, local updates, and the reference optimizer (SGD, Nesterov,
+lr 0.075, momentum 0.95), stepped inside the step (``PTNCN.use_optimizer``); the naive step writes
+its updates into param.grad for ``optimizer.step()``. Random token ids (every token real, no
 padding), vocabulary 49, batch 50. The naive step (tncn.temporal.naive) forms one-hot inputs and
 every outer-product update in full before clipping it; the learner (``train_segment``) adds what
 a training run does around the step: moving a segment to the device and scoring every prediction
@@ -29,13 +30,13 @@ from tncn.temporal.naive import naive_step, naive_zero_state
 def fast_runner(V, hidden, B):
     model = tncn.PTNCN(V, hidden)
     opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
+    model.use_optimizer(opt)  # stepped inside train_step, as the learner does (tncn.fused)
     model.reset(B)
     gen = torch.Generator().manual_seed(0)
 
     def run(steps):
         for _ in range(steps):
-            if model.train_step(torch.randint(0, V, (B,), generator=gen)):
-                opt.step()
+            model.train_step(torch.randint(0, V, (B,), generator=gen))
     return run
 
 

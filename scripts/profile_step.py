@@ -1,6 +1,7 @@
 """Where the time of one P-TNCN training step goes: torch profiler table of the top operators.
 
-L = 2, batch 50, vocabulary 49, random ids, the reference optimizer (SGD, Nesterov, fused kernel).
+L = 2, batch 50, vocabulary 49, random ids, the reference optimizer (SGD, Nesterov), fused into the
+step (``PTNCN.use_optimizer``; ``--grad``: written into ``.grad`` and stepped by torch's fused kernel).
 Prints milliseconds per step (process CPU time) and the operators sorted by their own time.
 
     python scripts/profile_step.py --hidden 1000 --threads 1
@@ -27,6 +28,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--compile", action="store_true", help="profile the step compiled by PTNCN.compile_step")
+    ap.add_argument("--grad", action="store_true", help="keep the .grad contract (default: the optimizer fused "
+                                                        "into the step, PTNCN.use_optimizer)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -34,13 +37,14 @@ def main():
     if args.compile:
         model.compile_step()
     opt = torch.optim.SGD(model.parameters(), lr=0.075, momentum=0.95, nesterov=True, fused=True)
+    path = ".grad, then optimizer.step() (--grad)" if args.grad else model.use_optimizer(opt)
     model.reset(args.batch)
     gen = torch.Generator().manual_seed(0)
     data = torch.randint(0, args.vocab, (args.steps + 3, args.batch), generator=gen)
 
     def run(steps, offset=0):
         for t in range(steps):
-            if model.train_step(data[offset + t]):
+            if model.train_step(data[offset + t]) and not model.steps_optimizer:
                 opt.step()
     run(3)
     t0 = time.process_time()
@@ -53,7 +57,7 @@ def main():
     print(f"L = {args.layers}, H = {args.hidden}, batch {args.batch}, vocab {args.vocab}, "
           f"{'compiled' if args.compile else 'eager'}, "
           f"{torch.get_num_threads()} threads: {per_step * 1e3:.2f} ms CPU per step, "
-          f"{args.batch / per_step:,.0f} tokens per CPU-second")
+          f"{args.batch / per_step:,.0f} tokens per CPU-second; updates: {path}")
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
     print("\n".join(line for line in table.splitlines() if "USDT" not in line))
 

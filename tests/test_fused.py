@@ -243,3 +243,10 @@ def test_the_learner_fuses_its_default_optimizer_and_resumes_on_either_path(tmp_
 
     rms = build_learner("ptncn", {"hidden": [8, 8], "optimizer": "adam", "e_rule": "temporal"}, 11)
     assert "not held: the temporal E rule" in rms.update_path
+
+
+def test_bf16_sgd_on_a_cpu_with_torchs_broken_fused_kernel_keeps_the_grad_contract():
+    model = tncn.PTNCN(11, [70, 5]).to(torch.bfloat16)
+    path = model.use_optimizer(OPTIMIZERS["nesterov"](model.parameters()))
+    assert ("pytorch/pytorch#191763" in path) == (not tncn.fused.fused_sgd_steps(torch.bfloat16))
+    assert tncn.fused.fused_sgd_steps(torch.float32) and tncn.fused.fused_sgd_steps(torch.float64)

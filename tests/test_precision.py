@@ -9,7 +9,8 @@ import torch
 from sequences.batching import Batch, StreamBatches
 from tncn.errors import UserError
 from tncn.temporal import build_learner
-from tncn.temporal.ptncn_learner import _tf32, fused_sgd_steps
+from tncn.fused import fused_sgd_steps
+from tncn.temporal.ptncn_learner import _tf32
 from tncn.train import evaluate
 
 V = 7

@@ -97,8 +97,9 @@ def ptncn_step_bytes(model: "tncn.PTNCN", optimizer: str = "nesterov") -> int:
 
     ``.grad``: each update written once (ΔE, a scaled copy of ΔW under the transpose rule: read
     ΔW, write ΔE), then ``GRAD_PASSES``. Fused: ``FUSED_PASSES``, except a held E^l = γ W^l + D^l
-    (read W and D, write E: 3) and, for token inputs, ΔM^1 under SGD without momentum (B rows:
-    counted as 0) or else its V-row scratch (zeroed and read back: 2 more)."""
+    (read W and D, write E: 3) and, for token inputs, ΔM^1 under SGD without momentum or with its
+    rows stepped lazily (``tncn.lazy_rows``: B rows a step, and one pass per segment, not
+    counted: 0) or else its V-row scratch (zeroed and read back: 2 more)."""
     fused, held = model.steps_optimizer, set(model._held)
     total = 0
     for name, p in model.named_parameters():
@@ -109,7 +110,7 @@ def ptncn_step_bytes(model: "tncn.PTNCN", optimizer: str = "nesterov") -> int:
         elif name[0] == "E" and int(name[1:]) in held:
             passes = 3
         elif name == "M1" and model.tokens:
-            passes = 0 if optimizer == "sgd" else FUSED_PASSES[optimizer] + 2
+            passes = 0 if optimizer == "sgd" or model._lazy is not None else FUSED_PASSES[optimizer] + 2
         else:
             passes = FUSED_PASSES[optimizer]
         total += passes * size

@@ -24,6 +24,7 @@ update they are tied to. The numbers equal ``.grad`` + ``torch.optim`` within fl
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -78,6 +79,18 @@ class GradSink(Collect):
         grad_buffer(getattr(self.model, name)).zero_().index_add_(0, ids, R, alpha=scale)
 
 
+@functools.cache
+def fused_sgd_steps(dtype: torch.dtype) -> bool:
+    """Whether torch's fused CPU SGD kernel steps ``dtype`` weights correctly: torch 2.12-2.13
+    leave every full SIMD block of a bfloat16 or float16 weight unchanged and garble the momentum
+    (pytorch/pytorch#191763, fixed by #192545). Two Nesterov steps on 64 elements, exact in bf16."""
+    p, g, b = torch.ones(64, dtype=dtype), torch.ones(64, dtype=dtype), torch.zeros(64, dtype=dtype)
+    for first in (True, False):  # b = 1, p = 1 - 0.5·1.5 = 0.25; then b = 1.5, p = 0.25 - 0.5·1.75
+        torch._fused_sgd_([p], [g], [b], weight_decay=0.0, momentum=0.5, lr=0.5, dampening=0.0, nesterov=True,
+                          maximize=False, is_first_step=first)
+    return bool((p == -0.625).all()) and bool((b == 1.5).all())
+
+
 def unsupported(optimizer: torch.optim.Optimizer) -> Optional[str]:
     """Why ``Fused`` cannot step ``optimizer`` (None: it can). Only the stock SGD and Adam with
     the options their fused kernels take are recognised; every other optimizer keeps ``.grad``."""
@@ -91,6 +104,9 @@ def unsupported(optimizer: torch.optim.Optimizer) -> Optional[str]:
             flags.append("dampening")
         if flags:
             return f"{kind.__name__} with {', '.join(flags)}"
+        if kind is torch.optim.SGD and any(p.device.type == "cpu" and not fused_sgd_steps(p.dtype)
+                                           for p in group["params"]):
+            return "torch's fused CPU SGD kernel skips most bfloat16/float16 updates (pytorch/pytorch#191763)"
     return None
 
 

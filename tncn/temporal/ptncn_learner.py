@@ -23,11 +23,11 @@ batch (``PTNCN._reduced_updates``); not with ``compile`` or ``cuda_graph``.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 
 from tncn.errors import UserError
+from tncn.fused import fused_sgd_steps
 from tncn.layers import ACTIVATIONS, INITIALISERS
 from tncn import space
 from tncn.metrics import Tally
@@ -251,18 +251,6 @@ class PTNCNLearner(SequenceLearner):
                 if t:
                     out[t] = x_hat[0].float().cpu()
             return out
-
-
-@functools.cache
-def fused_sgd_steps(dtype: torch.dtype) -> bool:
-    """Whether torch's fused CPU SGD kernel steps ``dtype`` weights correctly: torch 2.12-2.13
-    leave every full SIMD block of a bfloat16 or float16 weight unchanged and garble the momentum
-    (pytorch/pytorch#191763, fixed by #192545). Two Nesterov steps on 64 elements, exact in bf16."""
-    p, g, b = torch.ones(64, dtype=dtype), torch.ones(64, dtype=dtype), torch.zeros(64, dtype=dtype)
-    for first in (True, False):  # b = 1, p = 1 - 0.5·1.5 = 0.25; then b = 1.5, p = 0.25 - 0.5·1.75
-        torch._fused_sgd_([p], [g], [b], weight_decay=0.0, momentum=0.5, lr=0.5, dampening=0.0, nesterov=True,
-                          maximize=False, is_first_step=first)
-    return bool((p == -0.625).all()) and bool((b == 1.5).all())
 
 
 @contextlib.contextmanager
