@@ -188,8 +188,10 @@ def ptncn_learner(hidden, vocab, device="cpu", tokens=True, **options):
 
 
 def ptncn_steps(learner, batch: int) -> int:
-    """Time steps per timed segment: about 2 GFLOP of P-TNCN products, between 5 and 200."""
-    return min(200, max(5, int(2e9 / (ptncn_flops_per_token(learner.model) * batch))))
+    """Time steps per timed segment: about 10 GFLOP of P-TNCN products, between 40 and 400 (a
+    training segment's length, so that what a segment costs once, and the caches the learners
+    timed in turn take from each other, weigh as little as they do in training)."""
+    return min(400, max(40, int(1e10 / (ptncn_flops_per_token(learner.model) * batch))))
 
 
 def ptncn_train_rate(hidden, vocab, batch, device="cpu", repeats=5, tokens=True, **options) -> float:

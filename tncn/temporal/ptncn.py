@@ -30,7 +30,9 @@ One time step:
    ΔV^l = y^{lᵀ}_{t-1} ε^l, ΔU^l = y^{l+1ᵀ}_{t-1} ε^l, and ΔE^l = γ (ΔW^l)ᵀ or the temporal rule
    ΔE^l = -γ e^{l-1ᵀ}(ε^l_t - ε^l_{t-1}); each clipped to Frobenius norm ``clip`` and divided by B,
    then written into ``param.grad`` for any ``torch.optim`` optimizer (the reference one is
-   ``SGD(lr=0.075, momentum=0.95, nesterov=True)``). Across the ranks of a data-parallel run
+   ``SGD(lr=0.075, momentum=0.95, nesterov=True)``), or, after ``use_optimizer``, stepped by
+   the optimizer straight from their two factors (``tncn.fused``; E^l then held as γ W^l + D^l
+   where that is exact, and M^1's token rows stepped lazily on request: ``tncn.lazy_rows``). Across the ranks of a data-parallel run
    (``sync``, ``tncn.distributed``) the same order holds on the global batch: each rank's
    unscaled sums are summed by one all-reduce, then clipped, ΔE formed and divided by the global B.
 5. carry y^l_t and x_t to t+1.
@@ -460,8 +462,9 @@ class PTNCN(nn.Module):
         held = self._held if sink is self._stepper else {}
         for k, (name, A, (kind, l), Bm, _, _) in enumerate(jobs):
             if (kind, l) == ("y", 0) and self.tokens:  # ΔM^1: an index-add of B rows
-                mask = m_prev if isinstance(scales[k], float) else m_prev * scales[k]
-                sink.rows(name, A, Bm * mask.unsqueeze(1), scales[k] if isinstance(scales[k], float) else 1.0)
+                on_host = isinstance(scales[k], float)
+                rows = Bm * (m_prev if on_host else m_prev * scales[k]).unsqueeze(1)
+                sink.rows(name, A, rows, scales[k] if on_host else 1.0)
                 continue
             if kind == "z" and l in held:  # E^l = γ W^l + D^l, rewritten tile by tile (``use_optimizer``)
                 sink.outer(name, A, Bm, scales[k], held=(f"E{l}", held[l], self.gamma))
