@@ -4,13 +4,16 @@ One run measures, side by side (so ratios are meaningful on a noisy shared machi
 
 - the float32 matrix-multiply rate of this machine (GFLOP/s), square and at P-TNCN's shape;
 - tokens/s of P-TNCN training (``train_segment`` of the ``ptncn`` learner that ``tncn compare``
-  runs: hypothesize, correct, local updates, the reference Nesterov SGD, scoring), eager and
-  through ``torch.compile``, and its *useful* GFLOP/s: the FLOPs of the products the equations
-  need (``ptncn_flops_per_token``) divided by the time, as a fraction of the measured
-  matrix-multiply rate;
-- a bound for the P-TNCN recipe from two measured rates (``ptncn_bound``): its products at the
-  matmul rate of the step's own shape, then its weight traffic (``ptncn_step_bytes``) at the
-  measured memory bandwidth;
+  runs: hypothesize, correct, local updates, the reference Nesterov SGD, scoring) on three update
+  paths timed in turn (``learner_train_rates``): the optimizer fused into the step (the default,
+  ``tncn.fused``), ``.grad`` + ``torch.optim`` and the ``torch.compile``'d step; and its *useful*
+  GFLOP/s: the FLOPs of the products the equations need (``ptncn_flops_per_token``) divided by
+  the time, as a fraction of the measured matrix-multiply rate;
+- a bound for each path from two measured rates (``ptncn_bound``): its products at the matmul
+  rate of the step's own shape, then its weight traffic (``ptncn_step_bytes``, which counts the
+  passes of the path the model is on) at the measured memory bandwidth;
+- on a CUDA device, the GPU rows (``gpu_rows``): P-TNCN at H = 1000, 2048, 4096 and B = 50, 256,
+  1024, its step captured as a CUDA graph, beside the same-size cuDNN LSTM;
 - tokens/s of the ``lstm`` and ``gru`` learners (one-hot input, Adam) with truncated BPTT (window
   50) at the same width, depth and batch;
 - tokens/s of the online learners of an Elman network (``rtrl``, ``uoro``, ``snap1``; one layer,

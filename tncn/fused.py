@@ -12,15 +12,18 @@ own state (``state_dict`` unchanged, so a run may resume on either path):
   decay): read and write the weight.
 - SGD with heavy-ball momentum μ, no weight decay: one ``addmm`` into the momentum buffer,
   b ← μ b + Aᵀ B (b ← Aᵀ B on the first step), then w ← w − lr·b.
-- Nesterov (and heavy ball with weight decay), Adam (Kingma & Ba 2015): g is formed in one
-  scratch buffer per weight shape, reused by every weight of that shape (so it stays in cache),
-  and torch's fused kernel steps the weight from it.
+- Nesterov (and heavy ball with weight decay), Adam (Kingma & Ba 2015): g is formed tile by
+  tile of rows (``TILE`` elements, one scratch buffer per width, so a tile stays in cache), and
+  torch's fused kernel steps those rows of the weight from it at once: the weight and its buffers
+  are read and written once, g never reaches memory.
+- Token rows (``rows``): with momentum, optionally stepped lazily (``tncn.lazy_rows``).
 
-``Sink`` is the interface a rule writes its updates to: ``GradSink`` keeps the ``.grad``
-contract (for any optimizer), ``Collect`` returns new tensors (what a ``torch.compile``'d step
-hands over), ``Fused`` steps. ``tied`` updates (P-TNCN's ΔE = c·ΔW) reuse the product of the
-update they are tied to. The numbers equal ``.grad`` + ``torch.optim`` within float rounding
-(tests/test_fused.py).
+A sink is what a rule hands its updates to, through ``outer(name, A, B, scale, tied)`` and
+``rows(name, ids, R, scale)``: ``GradSink`` keeps the ``.grad`` contract (for any optimizer),
+``Collect`` returns new tensors (what a ``torch.compile``'d step hands over), ``Fused`` steps.
+A ``tied`` update (P-TNCN's ΔE = c·ΔW) reuses the product of the update it is tied to, and
+``Fused.outer``'s ``held`` rewrites a weight held as D + γ·W tile by tile. The numbers equal
+``.grad`` + ``torch.optim`` within float rounding (tests/test_fused.py).
 """
 from __future__ import annotations
 
