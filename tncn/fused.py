@@ -154,16 +154,13 @@ class Fused(GradSink):
         tile is still in cache (P-TNCN's held E^l = γ W^l + D^l)."""
         prm = getattr(self.model, name)
         g = self.group(prm)
-        state = self.optimizer.state[prm]
         direct = self.sgd and tied is None and held is None and not isinstance(scale, Tensor)
         if direct and g["momentum"] == 0:
             prm.addmm_(A.T, B, beta=1.0 - g["lr"] * g["weight_decay"], alpha=-g["lr"] * scale)
             return
         if direct and not g["nesterov"] and g["weight_decay"] == 0:
-            buf = state.get("momentum_buffer")
-            first = buf is None
-            if first:
-                buf = state["momentum_buffer"] = torch.empty_like(prm)
+            first = self._begin(prm)
+            buf = self.optimizer.state[prm]["momentum_buffer"]
             buf.addmm_(A.T, B, beta=0.0 if first else g["momentum"], alpha=scale)
             prm.add_(buf, alpha=-g["lr"])
             return

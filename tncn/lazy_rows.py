@@ -66,11 +66,12 @@ class LazyRows:
         self.last.fill_(self.n)
 
     def step(self, ids: Tensor, R: Tensor) -> None:
-        """One optimizer step whose update is the rows R added at rows ``ids`` (others: zero)."""
+        """One optimizer step whose update is the rows R added at rows ``ids`` (others: zero).
+        The rows ``ids`` must be current: P-TNCN's hypothesis brought them current when it read
+        them, earlier in the same step (``catch_up``)."""
         if self.group["lr"] != self.lr:  # the pending idle steps ran at the old rate
             self.flush()
             self.lr = self.group["lr"]
-        self.catch_up(ids)
         buf = self.state.get("momentum_buffer")
         if buf is None:  # torch's first step sets b = g; b = μ·0 + g is the same
             buf = self.state["momentum_buffer"] = torch.zeros_like(self.prm)

@@ -22,6 +22,8 @@ lives in the optimizer's state (resuming continues it).
 ``nesterov``; it applies to the SGD family only. SGD and Adam use torch's fused kernels (one pass
 over each weight; at H = 1000 the fused Nesterov step takes about half the time of the default
 one, see docs/performance.md); their numbers equal the default kernels' up to float rounding.
+SGD keeps torch's default kernel for bfloat16 and float16 weights on a CPU when the fused one
+steps them wrongly (pytorch/pytorch#191763).
 """
 from __future__ import annotations
 
@@ -113,8 +115,19 @@ def optimizer_factory(name: str, lr: float, momentum: Optional[float] = None,
     if not 0 <= momentum < 1 or (name != "sgd" and momentum == 0):
         allowed = "[0, 1)" if name == "sgd" else f"(0, 1) for {name}"
         raise OptionError("momentum", f"{{}} must be in {allowed}, got {momentum}")
-    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov",
-                                          weight_decay=weight_decay, fused=True)
+    return lambda params: _sgd(params, lr=lr, momentum=momentum, nesterov=name == "nesterov",
+                               weight_decay=weight_decay)
+
+
+def _sgd(params, **options) -> torch.optim.SGD:
+    """SGD with torch's fused kernel, unless a weight is one that kernel steps wrongly (bfloat16 or
+    float16 on a CPU under torch 2.12-2.13: ``tncn.fused.fused_sgd_steps``)."""
+    from tncn.fused import fused_sgd_steps
+
+    params = list(params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    fused = all(p.device.type != "cpu" or fused_sgd_steps(p.dtype) for p in tensors)
+    return torch.optim.SGD(params, fused=fused, **options)
 
 
 def make_optimizer(name: str, params, lr: float, momentum: Optional[float] = None,

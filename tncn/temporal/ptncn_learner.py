@@ -4,7 +4,10 @@ Per time step, exactly the reference recipe (Ororbia et al., IEEE TNNLS 2020; th
 ``model.train_step(x_t, m_t)`` (predict x_t from t-1, correct the states with x_t, write the local
 updates: ``step`` then ``local_updates`` in one call), score the prediction from
 ``model.last_logits``, then ``opt.step(); model.project_()`` (no update on the first step after a
-reset). Evaluation runs ``model.step`` with every weight frozen, with the state correction
+reset). By default (``fused``) the optimizer is stepped inside ``train_step`` instead
+(``PTNCN.use_optimizer``, ``tncn.fused``: no ``.grad``, E held as γWᵀ + D where exact, M^1's
+rows stepped lazily at word level and brought current at the end of every training segment);
+``update_path`` says which path a run is on. Evaluation runs ``model.step`` with every weight frozen, with the state correction
 (default) or without it (``update_states=False``). Nothing builds an autograd graph.
 
 Options: ``hidden`` and the ``PTNCN`` constructor's model options, whose defaults are read from
@@ -27,7 +30,6 @@ import contextlib
 import torch
 
 from tncn.errors import UserError
-from tncn.fused import fused_sgd_steps
 from tncn.layers import ACTIVATIONS, INITIALISERS
 from tncn import space
 from tncn.metrics import Tally
@@ -160,27 +162,13 @@ class PTNCNLearner(SequenceLearner):
         """How the updates reach the weights (``PTNCN.use_optimizer``), attaching the optimizer
         to the model the first time, and again whenever the optimizer was rebuilt (a load)."""
         if self._path is None or self._path[0] is not self.opt:
-            if self._unfused_sgd():
-                self._path = (self.opt, ".grad, then optimizer.step() (unfused: torch's fused CPU SGD skips most "
-                                        "bfloat16 updates, pytorch/pytorch#191763)")
-            else:
-                # M^1's rows lazily, flushed at the end of every training segment (not in a graph,
-                # whose kernels would bake the step count in)
-                lazy = not self.options["cuda_graph"]
-                self._path = (self.opt, self.model.use_optimizer(self.opt, self._offsets, lazy_rows=lazy)
-                              if self.options["fused"] else ".grad, then optimizer.step() (fused=false)")
+            # M^1's rows lazily, flushed at the end of every training segment (not in a graph,
+            # whose kernels would bake the step count in)
+            lazy = not self.options["cuda_graph"]
+            self._path = (self.opt, self.model.use_optimizer(self.opt, self._offsets, lazy_rows=lazy)
+                          if self.options["fused"] else ".grad, then optimizer.step() (fused=false)")
             self._offsets = None
         return self._path[1]
-
-    def _unfused_sgd(self) -> bool:
-        """Under bf16 on a CPU whose torch has the fused-SGD bug (``fused_sgd_steps``), switch the
-        SGD optimizer to torch's unfused step and keep its updates on the ``.grad`` path."""
-        dtype = self.model.W1.dtype
-        if self.device.type != "cpu" or type(self.opt) is not torch.optim.SGD or fused_sgd_steps(dtype):
-            return False
-        for group in self.opt.param_groups:
-            group["fused"] = False
-        return True
 
     def state_dict(self) -> dict:
         """The protocol's state, plus the offsets D^l of a held E (so a resumed run is bit-exact)."""
